@@ -1,0 +1,164 @@
+"""SSD's multibox loss: smooth-L1 on positives, cross-entropy with hard negative mining."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from layers.box_coding import DEFAULT_VARIANCES, cxcywh_to_xyxy, encode
+from layers.matching import match_priors
+
+
+def hard_negative_mask(
+    background_loss: Tensor,
+    positive: Tensor,
+    neg_pos_ratio: int = 3,
+    min_negatives: int = 0,
+) -> Tensor:
+    """Pick, per image, the negatives with the highest classification loss.
+
+    Each image keeps ``neg_pos_ratio`` negatives per positive (at least
+    ``min_negatives``, at most all of its negatives).
+
+    Args:
+        background_loss: ``[B, P]`` cross-entropy of each prior against background.
+        positive: ``[B, P]`` bool, priors matched to an object.
+        neg_pos_ratio: negatives kept per positive.
+        min_negatives: negatives kept in an image even when it has no positives.
+
+    Returns:
+        ``[B, P]`` bool mask of the chosen negatives (never overlapping ``positive``).
+    """
+    num_priors = positive.shape[1]
+    num_positive = positive.sum(dim=1, keepdim=True)  # [B, 1]
+    num_negative = (neg_pos_ratio * num_positive).clamp(min=min_negatives)
+    num_negative = torch.minimum(num_negative, num_priors - num_positive)
+    # Positives sort last; a stable sort keeps ties in prior order, so runs repeat.
+    ranking_loss = background_loss.detach().masked_fill(positive, float("-inf"))
+    order = ranking_loss.argsort(dim=1, descending=True, stable=True)
+    rank = order.argsort(dim=1)  # [B, P] position of each prior in the ranking
+    return rank < num_negative
+
+
+def multibox_loss(
+    loc_pred: Tensor,
+    conf_logits: Tensor,
+    loc_targets: Tensor,
+    labels: Tensor,
+    neg_pos_ratio: int = 3,
+    min_negatives: int = 0,
+    loc_weight: float = 1.0,
+) -> dict[str, Tensor]:
+    """Loss from already-matched targets.
+
+    Both terms are summed over the batch and divided by ``max(num_positives, 1)``.
+
+    Args:
+        loc_pred: ``[B, P, 4]`` predicted offsets.
+        conf_logits: ``[B, P, C]`` class logits, class 0 is background.
+        loc_targets: ``[B, P, 4]`` encoded offsets of the matched boxes.
+        labels: ``[B, P]`` int64 matched labels, 0 for background.
+        neg_pos_ratio: negatives kept per positive in hard negative mining.
+        min_negatives: negatives kept per image even without positives.
+        loc_weight: weight of the localisation term (SSD's alpha).
+
+    Returns:
+        ``loss`` (total), ``loc_loss``, ``conf_loss`` and ``num_positives``, all scalars.
+    """
+    num_classes = conf_logits.shape[-1]
+    positive = labels > 0  # [B, P]
+    # Float32 for the losses: under autocast the logits may be fp16/bf16.
+    conf_loss_per_prior = F.cross_entropy(
+        conf_logits.float().reshape(-1, num_classes), labels.reshape(-1), reduction="none"
+    ).reshape(labels.shape)  # [B, P]
+    negative = hard_negative_mask(
+        conf_loss_per_prior,
+        positive,
+        neg_pos_ratio=neg_pos_ratio,
+        min_negatives=min_negatives,
+    )
+    num_positives = positive.sum()
+    normaliser = num_positives.clamp(min=1).to(torch.float32)
+
+    # torch.where rather than a multiply: an inf on an unselected prior must not become
+    # a NaN, and boolean indexing would sync with the host.
+    selected = positive | negative
+    conf_loss = torch.where(selected, conf_loss_per_prior, 0.0).sum() / normaliser
+    loc_loss_per_coord = F.smooth_l1_loss(
+        loc_pred.float(), loc_targets.float(), reduction="none", beta=1.0
+    )  # [B, P, 4]
+    loc_loss = torch.where(positive[:, :, None], loc_loss_per_coord, 0.0).sum() / normaliser
+    return {
+        "loss": conf_loss + loc_weight * loc_loss,
+        "loc_loss": loc_loss,
+        "conf_loss": conf_loss,
+        "num_positives": num_positives,
+    }
+
+
+class MultiBoxLoss(nn.Module):
+    """Matches ground truth to priors, encodes targets and computes :func:`multibox_loss`.
+
+    Args:
+        priors_cxcywh: ``[P, 4]`` normalised priors in head-output order.
+        iou_threshold: IoU at or above which a prior is positive.
+        neg_pos_ratio: negatives kept per positive (SSD: 3).
+        min_negatives: negatives kept per image without objects; 0 reproduces SSD,
+            where such images add nothing to the loss.
+        loc_weight: weight of the localisation term.
+        variances: box-coding variances.
+    """
+
+    def __init__(
+        self,
+        *,
+        priors_cxcywh: Tensor,
+        iou_threshold: float = 0.5,
+        neg_pos_ratio: int = 3,
+        min_negatives: int = 0,
+        loc_weight: float = 1.0,
+        variances: tuple[float, float] = DEFAULT_VARIANCES,
+    ) -> None:
+        super().__init__()
+        self.register_buffer("priors_cxcywh", priors_cxcywh.clone(), persistent=False)
+        self.register_buffer("priors_xyxy", cxcywh_to_xyxy(priors_cxcywh), persistent=False)
+        self.iou_threshold = iou_threshold
+        self.neg_pos_ratio = neg_pos_ratio
+        self.min_negatives = min_negatives
+        self.loc_weight = loc_weight
+        self.variances = variances
+
+    def forward(
+        self,
+        loc_pred: Tensor,
+        conf_logits: Tensor,
+        gt_boxes: Sequence[Tensor],
+        gt_labels: Sequence[Tensor],
+    ) -> dict[str, Tensor]:
+        """Args:
+        loc_pred: ``[B, P, 4]`` predicted offsets.
+        conf_logits: ``[B, P, C]`` class logits.
+        gt_boxes: per image ``[G, 4]`` normalised xyxy boxes.
+        gt_labels: per image ``[G]`` labels in 1..C-1.
+        """
+        num_priors = self.priors_cxcywh.shape[0]
+        if loc_pred.shape[1] != num_priors or conf_logits.shape[1] != num_priors:
+            raise ValueError(
+                f"the model predicts {loc_pred.shape[1]} boxes but the loss has {num_priors} priors"
+            )
+        matched_boxes, labels = match_priors(
+            gt_boxes, gt_labels, self.priors_xyxy, iou_threshold=self.iou_threshold
+        )
+        loc_targets = encode(matched_boxes, self.priors_cxcywh, self.variances)
+        return multibox_loss(
+            loc_pred,
+            conf_logits,
+            loc_targets,
+            labels,
+            neg_pos_ratio=self.neg_pos_ratio,
+            min_negatives=self.min_negatives,
+            loc_weight=self.loc_weight,
+        )

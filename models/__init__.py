@@ -1,0 +1,1 @@
+"""Detection networks and the builders that turn a config into them."""

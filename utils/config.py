@@ -1,0 +1,341 @@
+"""Typed experiment configuration: dataclass defaults, YAML files, command-line overrides.
+
+An experiment file holds only what differs from the defaults below::
+
+    model:
+      image_size: 512
+    priors:
+      min_sizes: [35.84, 76.8, 153.6, 230.4, 307.2, 384.0, 460.8]
+
+Scripts take trailing ``section.key=value`` overrides (``solver.lr=2e-3``). Unknown keys
+and values of the wrong type are rejected with the key and the file (or override) named.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be applied; the message names where."""
+
+
+@dataclass
+class ModelConfig:
+    """Network choice. ``num_classes`` counts the background class (label 0)."""
+
+    architecture: str = "fssd_vgg16"
+    num_classes: int = 21
+    image_size: int = 300
+
+
+@dataclass
+class PriorConfig:
+    """Prior boxes, in input pixels; one entry per feature map. Defaults: FSSD300 on VOC.
+
+    Feature-map sizes are not configured: the model measures them.
+    """
+
+    min_sizes: list[float] = field(default_factory=lambda: [30, 60, 111, 162, 213, 264])
+    max_sizes: list[float] | None = field(default_factory=lambda: [60, 111, 162, 213, 264, 315])
+    aspect_ratios: list[list[float]] = field(
+        default_factory=lambda: [[2, 3], [2, 3], [2, 3], [2, 3], [2], [2]]
+    )
+    steps: list[float] | None = field(default_factory=lambda: [8, 16, 32, 64, 100, 300])
+    clip: bool = True
+    variances: tuple[float, float] = (0.1, 0.2)
+
+
+@dataclass
+class LossConfig:
+    """Matching and multibox loss."""
+
+    iou_threshold: float = 0.5
+    neg_pos_ratio: int = 3
+    min_negatives: int = 0
+    loc_weight: float = 1.0
+
+
+@dataclass
+class PostProcessConfig:
+    """Detection output: thresholds and caps."""
+
+    score_threshold: float = 0.01
+    pre_nms_topk: int = 200
+    nms_iou_threshold: float = 0.45
+    max_detections: int = 200
+
+
+@dataclass
+class Config:
+    """The whole experiment; each section is read by its builder only."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    priors: PriorConfig = field(default_factory=PriorConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    postprocess: PostProcessConfig = field(default_factory=PostProcessConfig)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, updated by the YAML file at ``path``, then by ``key=value`` overrides."""
+    config = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            with path.open(encoding="utf-8") as handle:
+                content = yaml.safe_load(handle)
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML: {error}") from error
+        if content is None:
+            content = {}
+        if not isinstance(content, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections, got {_type_name(content)}")
+        config = merge_dict(config, content, source=str(path))
+    for override in overrides or []:
+        config = apply_override(config, override)
+    return config
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``--config FILE`` flag and trailing ``section.key=value`` overrides of a script."""
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="experiment YAML holding what differs from the defaults (default: none)",
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="section.key=value",
+        help="config overrides applied after the file, e.g. postprocess.score_threshold=0.05",
+    )
+
+
+def config_from_dict(values: dict[str, Any], source: str = "checkpoint") -> Config:
+    """A config rebuilt from :func:`config_to_dict` output (e.g. stored in a checkpoint)."""
+    return merge_dict(Config(), values, source=source)
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    """Plain nested dicts and lists, ready for YAML, JSON or a checkpoint."""
+    return _plain(dataclasses.asdict(config))
+
+
+def config_to_yaml(config: Config) -> str:
+    return yaml.safe_dump(config_to_dict(config), sort_keys=False, default_flow_style=None)
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML (loadable again by :func:`load_config`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(config_to_yaml(config), encoding="utf-8")
+    temporary.replace(path)
+
+
+def merge_dict(config: Any, values: dict[str, Any], source: str, prefix: str = "") -> Any:
+    """A copy of dataclass ``config`` with ``values`` (nested dicts) applied and checked."""
+    hints = get_type_hints(type(config))
+    names = [item.name for item in dataclasses.fields(config)]
+    updates = {}
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"{source}: unknown key '{dotted}'{_suggestion(key, names)}")
+        current = getattr(config, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(
+                    f"{source}: '{dotted}' is a section and expects a mapping, "
+                    f"got {_type_name(value)}"
+                )
+            updates[key] = merge_dict(current, value, source, prefix=f"{dotted}.")
+        else:
+            updates[key] = _coerce(value, hints[key], dotted, source)
+    return dataclasses.replace(config, **updates)
+
+
+def apply_override(config: Config, override: str) -> Config:
+    """Apply one ``section.key=value`` override; the value is read as YAML."""
+    source = f"override '{override}'"
+    dotted, separator, raw_value = override.partition("=")
+    dotted = dotted.strip()
+    if not separator or not dotted:
+        raise ConfigError(f"{source}: expected section.key=value")
+    keys = dotted.split(".")
+    annotation = _annotation_at(config, keys, source)
+    # Text fields take the text as typed, so "yes" or "1" stay strings.
+    if annotation is str or (_is_optional(annotation, str) and raw_value != "null"):
+        value: Any = raw_value
+    else:
+        try:
+            value = yaml.safe_load(raw_value) if raw_value else ""
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{source}: value is not valid YAML: {error}") from error
+    nested: Any = value
+    for key in reversed(keys):
+        nested = {key: nested}
+    return merge_dict(config, nested, source)
+
+
+def _annotation_at(config: Any, keys: list[str], source: str) -> Any:
+    node, annotation = config, None
+    for depth, key in enumerate(keys):
+        dotted = ".".join(keys[: depth + 1])
+        if not dataclasses.is_dataclass(node):
+            raise ConfigError(f"{source}: '{'.'.join(keys[:depth])}' has no sub-keys")
+        names = [item.name for item in dataclasses.fields(node)]
+        if key not in names:
+            raise ConfigError(f"{source}: unknown key '{dotted}'{_suggestion(key, names)}")
+        annotation = get_type_hints(type(node))[key]
+        node = getattr(node, key)
+    if dataclasses.is_dataclass(node):
+        raise ConfigError(f"{source}: '{'.'.join(keys)}' is a section; set one of its keys")
+    return annotation
+
+
+def _coerce(value: Any, annotation: Any, dotted: str, source: str) -> Any:
+    """``value`` checked against (and converted to) the type ``annotation``."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if annotation is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for option in args:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, dotted, source)
+            except ConfigError:
+                continue
+        raise _type_error(value, annotation, dotted, source)
+    if origin is Literal:
+        if value in args:
+            return value
+        choices = ", ".join(repr(choice) for choice in args)
+        raise ConfigError(f"{source}: '{dotted}' must be one of {choices}, got {value!r}")
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise _type_error(value, annotation, dotted, source)
+        return [_coerce(item, args[0], f"{dotted}[{i}]", source) for i, item in enumerate(value)]
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise _type_error(value, annotation, dotted, source)
+        if len(args) == 2 and args[1] is Ellipsis:
+            item_types = [args[0]] * len(value)
+        else:
+            item_types = list(args)
+            if len(value) != len(item_types):
+                raise ConfigError(
+                    f"{source}: '{dotted}' expects {len(item_types)} values, got {len(value)}"
+                )
+        return tuple(
+            _coerce(item, item_type, f"{dotted}[{i}]", source)
+            for i, (item, item_type) in enumerate(zip(value, item_types, strict=True))
+        )
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        # PyYAML reads 1e-3 (no dot) as text; accept any number float() understands.
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif annotation is str:
+        if isinstance(value, str):
+            return value
+    else:
+        raise ConfigError(f"{source}: '{dotted}' has unsupported type {annotation!r}")
+    raise _type_error(value, annotation, dotted, source)
+
+
+def _type_error(value: Any, annotation: Any, dotted: str, source: str) -> ConfigError:
+    expected = getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+    if get_origin(annotation) is not None:
+        expected = str(annotation).replace("typing.", "")
+    return ConfigError(
+        f"{source}: '{dotted}' expects {expected}, got {value!r} ({_type_name(value)})"
+    )
+
+
+def _is_optional(annotation: Any, inner: type) -> bool:
+    return get_origin(annotation) in (Union, types.UnionType) and set(get_args(annotation)) == {
+        inner,
+        type(None),
+    }
+
+
+def _suggestion(key: str, names: list[str]) -> str:
+    close = difflib.get_close_matches(key, names, n=1)
+    if close:
+        return f" (did you mean '{close[0]}'?)"
+    return f" (known keys: {', '.join(names)})"
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Print the resolved config of an experiment (defaults, file, overrides)."
+    )
+    add_config_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def main(args: argparse.Namespace) -> None:
+    print(config_to_yaml(load_config(args.config, args.overrides)), end="")
+
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "LossConfig",
+    "ModelConfig",
+    "PostProcessConfig",
+    "PriorConfig",
+    "add_config_arguments",
+    "apply_override",
+    "config_from_dict",
+    "config_to_dict",
+    "config_to_yaml",
+    "load_config",
+    "merge_dict",
+    "save_config",
+]
+
+
+if __name__ == "__main__":
+    try:
+        main(parse_args())
+    except ConfigError as error:
+        raise SystemExit(f"error: {error}") from None

@@ -39,7 +39,8 @@ def test_overrides_follow_the_file_and_are_typed(tmp_path):
             "priors.clip=false",
             "priors.max_sizes=null",
             "priors.aspect_ratios=[[2], [2, 3]]",
-            "model.architecture=yes",
+            "model.backbone_weights=yes",
+            "model.backbone=resnet50",
         ],
     )
     assert config.postprocess.score_threshold == 0.001
@@ -48,7 +49,8 @@ def test_overrides_follow_the_file_and_are_typed(tmp_path):
     assert config.priors.max_sizes is None
     assert config.priors.aspect_ratios == [[2.0], [2.0, 3.0]]
     # A text field keeps the text as typed, even words YAML would read as booleans.
-    assert config.model.architecture == "yes"
+    assert config.model.backbone_weights == "yes"
+    assert config.model.backbone == "resnet50"
 
 
 @pytest.mark.parametrize(
@@ -62,6 +64,7 @@ def test_overrides_follow_the_file_and_are_typed(tmp_path):
         ("model:\n  image_size: big\n", "'model.image_size' expects int, got 'big'"),
         ("model:\n  image_size: 300.5\n", "'model.image_size' expects int"),
         ("priors:\n  clip: 1\n", "'priors.clip' expects bool, got 1"),
+        ("model:\n  backbone: vgg19\n", "'model.backbone' must be one of 'vgg16', 'resnet18'"),
         ("priors:\n  variances: [0.1]\n", "'priors.variances' expects 2 values, got 1"),
         ("priors:\n  min_sizes: [30, x]\n", "'priors.min_sizes[1]' expects float"),
         ("model: 300\n", "'model' is a section and expects a mapping, got int"),

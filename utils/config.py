@@ -30,11 +30,44 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    """Network choice. ``num_classes`` counts the background class (label 0)."""
+    """Network choice and shape. Defaults: FSSD300 on VGG16 for VOC.
 
-    architecture: str = "fssd_vgg16"
+    ``num_classes`` counts the background class (label 0). Layer specs are lists:
+    ``extras`` entries are ``[mid_channels, out_channels, kernel, stride, padding]`` (a
+    1x1 reduction then a spatial conv), ``pyramid`` entries (FSSD only) are
+    ``[out_channels, kernel, stride, padding]``. Widths are before ``width_multiplier``.
+    """
+
+    architecture: Literal["fssd", "ssd", "ssdlite"] = "fssd"
+    backbone: Literal["vgg16", "resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v2"] = (
+        "vgg16"
+    )
     num_classes: int = 21
     image_size: int = 300
+    batch_norm: bool = False
+    width_multiplier: float = 1.0
+    # FSSD on VGG16 (as fssd.pytorch): conv7 19x19 -> 17x17 -> 9x9 at 300 pixels.
+    extras: list[tuple[int, int, int, int, int]] = field(
+        default_factory=lambda: [(256, 512, 3, 1, 0), (128, 256, 3, 2, 1)]
+    )
+    fusion_channels: int = 256
+    pyramid: list[tuple[int, int, int, int]] = field(
+        default_factory=lambda: [
+            (512, 3, 1, 1),
+            (512, 3, 2, 1),
+            (256, 3, 2, 1),
+            (256, 3, 2, 1),
+            (256, 3, 1, 0),
+            (256, 3, 1, 0),
+        ]
+    )
+    # What the weights expect: "bgr_caffe" (BGR 0..255 minus 104/117/123: reducedfc and
+    # fssd.pytorch weights) or "rgb_imagenet" (torchvision weights).
+    pixel_format: Literal["bgr_caffe", "rgb_imagenet"] = "bgr_caffe"
+    # "" (random init), "torchvision" (ImageNet weights from the torch hub cache) or a file.
+    backbone_weights: str = ""
+    # A whole-detector checkpoint to start from: this project's or fssd.pytorch's.
+    weights: str = ""
 
 
 @dataclass
@@ -177,7 +210,11 @@ def apply_override(config: Config, override: str) -> Config:
     keys = dotted.split(".")
     annotation = _annotation_at(config, keys, source)
     # Text fields take the text as typed, so "yes" or "1" stay strings.
-    if annotation is str or (_is_optional(annotation, str) and raw_value != "null"):
+    is_text = annotation is str or (
+        get_origin(annotation) is Literal
+        and all(isinstance(arg, str) for arg in get_args(annotation))
+    )
+    if is_text or (_is_optional(annotation, str) and raw_value != "null"):
         value: Any = raw_value
     else:
         try:

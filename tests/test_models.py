@@ -1,0 +1,184 @@
+import json
+import math
+
+import pytest
+import torch
+
+from layers.multibox_loss import MultiBoxLoss
+from models.build import build_model, count_parameters, measure_feature_map_sizes
+from models.detector import InputNormalizer
+from models.fssd import FeatureFusion
+from models.summary import summarize
+from models.weights import convert_fssd_pytorch
+from tests.conftest import REPO_ROOT
+from utils.config import load_config
+
+CONFIG_FILES = sorted((REPO_ROOT / "configs").glob("*.yaml"))
+
+# Measured by models.summary at each config's own input size.
+EXPECTED = {
+    "fssd300_voc.yaml": (34_131_424, 11_620, [38, 19, 10, 5, 3, 1]),
+    "fssd512_voc.yaml": (35_526_006, 32_756, [64, 32, 16, 8, 4, 2, 1]),
+    "fssd300_coco.yaml": (40_215_904, 11_620, [38, 19, 10, 5, 3, 1]),
+    "ssd300_vgg16_voc.yaml": (26_285_486, 8_732, [38, 19, 10, 5, 3, 1]),
+    "ssd512_vgg16_voc.yaml": (None, 24_564, [64, 32, 16, 8, 4, 2, 1]),
+    "ssd300_resnet50_coco.yaml": (None, 8_732, [38, 19, 10, 5, 3, 1]),
+    "fssd300_resnet50_voc.yaml": (None, 11_620, [38, 19, 10, 5, 3, 1]),
+    "ssdlite320_mobilenetv2_voc.yaml": (None, 3_234, [20, 10, 5, 3, 2, 1]),
+}
+
+
+def reference_weights(shapes: list, seed: int = 0) -> dict[str, torch.Tensor]:
+    """The deterministic fssd.pytorch weights described in shared/reference/README.md."""
+    generator = torch.Generator().manual_seed(seed)
+    weights = {}
+    for key, shape in shapes:
+        if key.endswith("num_batches_tracked"):
+            weights[key] = torch.tensor(0)
+            continue
+        values = torch.randn(shape, generator=generator)
+        scale = math.sqrt(2 / math.prod(shape[1:])) if len(shape) > 1 else 0.01
+        weights[key] = values * scale
+    return weights
+
+
+@pytest.mark.parametrize("size", [300, 512])
+def test_converted_reference_weights_reproduce_reference_outputs(shared_dir, size):
+    reference_dir = shared_dir / "reference"
+    shapes = json.loads((reference_dir / "fssd_pytorch_state_dict_keys.json").read_text())
+    outputs = torch.load(reference_dir / "fssd_pytorch_parity_outputs.pt", weights_only=True)
+    model = build_model(load_config(REPO_ROOT / "configs" / f"fssd{size}_voc.yaml")).eval()
+    state = convert_fssd_pytorch(
+        reference_weights(shapes[f"fssd{size}_vgg16_voc21"]), model, "reference"
+    )
+    model.load_state_dict(state)
+    with torch.no_grad():
+        loc, conf = model.forward_normalized(outputs[f"fssd{size}_input"])
+    torch.testing.assert_close(loc, outputs[f"fssd{size}_loc"], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(conf, outputs[f"fssd{size}_conf"], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_full_size_shapes_parameters_and_priors(name):
+    parameters, num_priors, maps = EXPECTED[name]
+    config = load_config(REPO_ROOT / "configs" / name)
+    model = build_model(config)
+    sizes = measure_feature_map_sizes(model.features, config.model.image_size)
+    assert sizes == [(size, size) for size in maps]
+    assert model.priors_cxcywh.shape == (num_priors, 4)
+    if parameters is not None:
+        assert count_parameters(model) == parameters
+
+
+def _build_at_smallest_size(config_path, overrides):
+    """The model at the smallest input (step 16) its layers accept, and that size."""
+    for size in range(96, 545, 16):
+        try:
+            config = load_config(config_path, [*overrides, f"model.image_size={size}"])
+            return build_model(config), size
+        except ValueError:
+            continue
+    raise AssertionError(f"{config_path.name} builds at no size up to 544")
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=[path.name for path in CONFIG_FILES])
+def test_every_config_builds_and_runs_at_a_small_input(path):
+    model, image_size = _build_at_smallest_size(path, ["model.width_multiplier=0.125"])
+    config = load_config(path)
+    assert image_size <= config.model.image_size
+    images = torch.rand(2, 3, image_size, image_size) * 255
+    model.eval()
+    with torch.no_grad():
+        loc, conf = model(images)
+    num_priors = model.priors_cxcywh.shape[0]
+    assert loc.shape == (2, num_priors, 4)
+    assert conf.shape == (2, num_priors, config.model.num_classes)
+    assert torch.isfinite(loc).all() and torch.isfinite(conf).all()
+
+
+def test_tiny_fssd_learns_one_box():
+    config = load_config(
+        None,
+        [
+            "model.width_multiplier=0.125",
+            "model.image_size=160",
+            "model.batch_norm=true",
+            "model.pixel_format=rgb_imagenet",
+            # Maps 20 10 5 3 instead of FSSD300's six.
+            "model.pyramid=[[512, 3, 1, 1], [512, 3, 2, 1], [256, 3, 2, 1], [256, 3, 1, 0]]",
+            "priors.min_sizes=[16, 40, 72, 104]",
+            "priors.max_sizes=[40, 72, 104, 136]",
+            "priors.aspect_ratios=[[2], [2], [2], [2]]",
+            "priors.steps=null",
+        ],
+    )
+    torch.manual_seed(0)
+    model = build_model(config)
+    loss_fn = MultiBoxLoss(priors_cxcywh=model.priors_cxcywh)
+    images = torch.zeros(2, 3, 160, 160)
+    images[:, :, 40:100, 50:130] = 255.0
+    boxes = [torch.tensor([[50 / 160, 40 / 160, 130 / 160, 100 / 160]])] * 2
+    labels = [torch.tensor([3])] * 2
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    losses = []
+    for _ in range(40):
+        loc, conf = model(images)
+        loss = loss_fn(loc, conf, boxes, labels)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_input_normalizer_formats():
+    rgb = torch.tensor([10.0, 20.0, 30.0])[None, :, None, None]
+    caffe = InputNormalizer("bgr_caffe")(rgb).flatten()
+    torch.testing.assert_close(caffe, torch.tensor([30 - 104.0, 20 - 117.0, 10 - 123.0]))
+    imagenet = InputNormalizer("rgb_imagenet")(rgb).flatten()
+    expected = (
+        torch.tensor([10.0, 20.0, 30.0]) / 255 - torch.tensor([0.485, 0.456, 0.406])
+    ) / torch.tensor([0.229, 0.224, 0.225])
+    torch.testing.assert_close(imagenet, expected)
+    uint8 = InputNormalizer("bgr_caffe")(rgb.to(torch.uint8)).flatten()
+    torch.testing.assert_close(uint8, caffe)
+
+
+def test_fusion_resizes_to_the_first_source_and_concatenates():
+    fusion = FeatureFusion([4, 6, 8], [3, 3, 2])
+    sources = [torch.rand(1, 4, 10, 10), torch.rand(1, 6, 5, 5), torch.rand(1, 8, 3, 3)]
+    fused = fusion(sources)
+    assert fused.shape == (1, 8, 10, 10) and fusion.out_channels == 8
+    # The first source is not resampled: its part is the 1x1 conv + ReLU output itself.
+    torch.testing.assert_close(fused[:, :3], fusion.transforms[0](sources[0]))
+    # A constant map stays constant through bilinear resizing.
+    constant = fusion.transforms[2](torch.ones(1, 8, 3, 3))
+    fused = fusion([sources[0], sources[1], torch.ones(1, 8, 3, 3)])
+    torch.testing.assert_close(fused[:, 6:], constant[:, :, :1, :1].expand(1, 2, 10, 10))
+
+
+def test_summary_reports_the_reference_numbers():
+    summary = summarize(REPO_ROOT / "configs" / "fssd300_voc.yaml", [])
+    assert summary["parameters"] == 34_131_424
+    assert summary["num_priors"] == 11_620
+    assert summary["feature_maps"] == [[size, size] for size in (38, 19, 10, 5, 3, 1)]
+    # FSSD300-VGG16: about 76 GFLOPs (multiply-add counted as 2).
+    assert 75.0 < summary["gflops"] < 77.0
+
+
+def test_too_small_input_is_reported():
+    with pytest.raises(ValueError, match="input size 64 is too small"):
+        build_model(load_config(None, ["model.image_size=64", "model.width_multiplier=0.125"]))
+    with pytest.raises(ValueError, match=r"7 detection maps .* priors section describes 6"):
+        build_model(
+            load_config(
+                REPO_ROOT / "configs" / "fssd512_voc.yaml",
+                [
+                    "priors.min_sizes=[1,2,3,4,5,6]",
+                    "priors.max_sizes=null",
+                    "priors.steps=null",
+                    "priors.aspect_ratios=[[2],[2],[2],[2],[2],[2]]",
+                    "model.width_multiplier=0.125",
+                ],
+            )
+        )

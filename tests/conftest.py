@@ -20,3 +20,48 @@ def random_priors(count: int, generator: torch.Generator) -> torch.Tensor:
     centres = torch.rand(count, 2, generator=generator)
     sizes = 0.05 + 0.3 * torch.rand(count, 2, generator=generator)
     return torch.cat([centres, sizes], dim=1)
+
+
+# A tiny FSSD (1/8 width, 96 px, maps 12 6 3 1) on a tiny shapes dataset: a few
+# iterations take well under a second on a CPU.
+TINY_MODEL = [
+    "model.image_size=96",
+    "model.width_multiplier=0.125",
+    "model.batch_norm=true",
+    "model.pixel_format=rgb_imagenet",
+    "model.num_classes=6",
+    "model.pyramid=[[512, 3, 1, 1], [512, 3, 2, 1], [256, 3, 2, 1], [256, 3, 1, 0]]",
+    "priors.min_sizes=[10, 24, 48, 72]",
+    "priors.max_sizes=[24, 48, 72, 96]",
+    "priors.aspect_ratios=[[2], [2], [2], [2]]",
+    "priors.steps=null",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_shapes_root(tmp_path_factory) -> Path:
+    from data.shapes import ensure_shapes_dataset
+
+    root = tmp_path_factory.mktemp("shapes")
+    return ensure_shapes_dataset(root, num_train=16, num_val=6, image_size=96, seed=0)
+
+
+def tiny_train_overrides(root: Path, output_dir: Path) -> list[str]:
+    """Overrides for a 3-epoch run of 2 iterations each, evaluated every epoch."""
+    return [
+        *TINY_MODEL,
+        f"data.root={root}",
+        "data.shapes_train_images=16",
+        "data.shapes_val_images=6",
+        "data.shapes_image_size=96",
+        "data.num_workers=0",
+        f"train.output_dir={output_dir}",
+        "train.batch_size=8",
+        "train.epochs=3",
+        "train.log_interval=1",
+        "train.eval_interval=1",
+        "train.visualize_images=2",
+        "solver.lr=0.01",
+        "solver.warmup_iterations=4",
+        "solver.warmup_factor=0.1",
+    ]

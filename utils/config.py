@@ -108,6 +108,126 @@ class PostProcessConfig:
 
 
 @dataclass
+class DataConfig:
+    """Where the images and boxes come from.
+
+    ``dataset`` picks the reader; ``root`` is its folder. Sets name the splits:
+
+    - ``shapes`` and ``custom``: a split name with ``ImageSets/Main/<name>.txt`` under
+      ``root`` (``all`` takes every annotation file);
+    - ``voc``: ``YEAR/SPLIT`` under a VOCdevkit ``root`` (``2007/trainval``);
+    - ``coco``: ``SPLIT`` for ``annotations/instances_SPLIT.json`` with images in
+      ``SPLIT/``, or ``ANNOTATION_JSON:IMAGE_DIR`` relative to ``root``.
+
+    ``class_names`` empty means the dataset's own: VOC's 20, COCO's categories, the
+    generator's shapes, or (custom) every name found in the annotations.
+    """
+
+    dataset: Literal["shapes", "voc", "coco", "custom"] = "shapes"
+    root: str = "datasets/shapes"
+    train_sets: list[str] = field(default_factory=lambda: ["train"])
+    val_sets: list[str] = field(default_factory=lambda: ["val"])
+    class_names: list[str] = field(default_factory=list)
+    # VOC "difficult" objects: evaluation always ignores them; training may use them.
+    train_difficult: bool = False
+    # A bad sample (unreadable image, XML without objects, box outside the image or
+    # inverted, unknown class): "skip" reports and leaves it out, "stop" ends the run.
+    on_bad_sample: Literal["skip", "stop"] = "skip"
+    num_workers: int = 2
+    # The generated shapes dataset (written to root when missing).
+    shapes_train_images: int = 2000
+    shapes_val_images: int = 300
+    shapes_image_size: int = 256
+    shapes_seed: int = 0
+
+
+@dataclass
+class AugmentConfig:
+    """SSD's training augmentation; each step's probability and range."""
+
+    photometric_prob: float = 0.5
+    brightness_delta: float = 32.0
+    contrast_range: tuple[float, float] = (0.5, 1.5)
+    saturation_range: tuple[float, float] = (0.5, 1.5)
+    hue_delta: float = 18.0
+    expand_prob: float = 0.5
+    expand_max_ratio: float = 4.0
+    crop_prob: float = 1.0
+    # Minimum IoU of the crop with some box; null means a crop with no constraint. SSD
+    # also keeps the whole image as one of the choices (crop_prob < 1 does that too).
+    crop_min_ious: list[float | None] = field(
+        default_factory=lambda: [None, 0.1, 0.3, 0.5, 0.7, 0.9]
+    )
+    crop_scale: tuple[float, float] = (0.3, 1.0)
+    crop_aspect_ratio: tuple[float, float] = (0.5, 2.0)
+    flip_prob: float = 0.5
+
+
+@dataclass
+class TrainConfig:
+    """The training run."""
+
+    # "" means runs/<config file name> (runs/default without a config file).
+    output_dir: str = ""
+    epochs: int = 120
+    batch_size: int = 32
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Mixed precision on CUDA: bf16, or fp16 with a GradScaler.
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    channels_last: bool = False
+    sync_bn: bool = False
+    # Evaluate (VOC07 mAP on the val sets) every N epochs and at the end; 0 = only at
+    # the end. The best score keeps best.pt.
+    eval_interval: int = 10
+    checkpoint_interval: int = 1
+    log_interval: int = 20
+    # Network slimming stage 1: L1 penalty on BatchNorm scales (0 = off).
+    sparsity: float = 0.0
+    # Batch mixup (image blend, union of boxes) with this probability.
+    mixup_prob: float = 0.0
+    mixup_alpha: float = 1.5
+    # Images drawn with their detections at the end of training (0 = none).
+    visualize_images: int = 8
+
+
+@dataclass
+class SolverConfig:
+    """Optimiser, warm-up and LR schedule. Scale ``lr`` linearly with the total batch size.
+
+    SGD with momentum is SSD's recipe; AdamW (decoupled weight decay) converges faster
+    from scratch, which the quick start uses.
+    """
+
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    # No weight decay on BatchNorm parameters and biases.
+    no_decay_norm_and_bias: bool = False
+    # Linear warm-up from warmup_factor * lr to lr over the first iterations.
+    warmup_iterations: int = 500
+    warmup_factor: float = 0.001
+    schedule: Literal["multistep", "cosine"] = "multistep"
+    # multistep: epochs at which the LR is multiplied by gamma.
+    milestones: list[int] = field(default_factory=lambda: [80, 100])
+    gamma: float = 0.1
+    # cosine: the final LR as a fraction of lr.
+    min_lr_factor: float = 0.0
+    # Clip the gradient norm (0 = off).
+    grad_clip_norm: float = 0.0
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation: metric, batch size and IoU threshold."""
+
+    metric: Literal["voc07", "voc10", "coco"] = "voc07"
+    batch_size: int = 16
+    iou_threshold: float = 0.5
+
+
+@dataclass
 class Config:
     """The whole experiment; each section is read by its builder only."""
 
@@ -115,10 +235,18 @@ class Config:
     priors: PriorConfig = field(default_factory=PriorConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     postprocess: PostProcessConfig = field(default_factory=PostProcessConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults, updated by the YAML file at ``path``, then by ``key=value`` overrides."""
+    """Defaults, updated by the YAML file at ``path``, then by ``key=value`` overrides.
+
+    An empty ``train.output_dir`` becomes ``runs/<file name without .yaml>``.
+    """
     config = Config()
     if path is not None:
         path = Path(path)
@@ -136,6 +264,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         config = merge_dict(config, content, source=str(path))
     for override in overrides or []:
         config = apply_override(config, override)
+    if not config.train.output_dir:
+        run_name = Path(path).stem if path is not None else "default"
+        config = dataclasses.replace(
+            config, train=dataclasses.replace(config.train, output_dir=f"runs/{run_name}")
+        )
     return config
 
 
@@ -354,12 +487,17 @@ def main(args: argparse.Namespace) -> None:
 
 
 __all__ = [
+    "AugmentConfig",
     "Config",
     "ConfigError",
+    "DataConfig",
+    "EvalConfig",
     "LossConfig",
     "ModelConfig",
     "PostProcessConfig",
     "PriorConfig",
+    "SolverConfig",
+    "TrainConfig",
     "add_config_arguments",
     "apply_override",
     "config_from_dict",

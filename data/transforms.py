@@ -1,0 +1,221 @@
+"""SSD's training augmentation and the evaluation resize, on OpenCV and NumPy.
+
+Every random decision is drawn from the ``rng`` passed in, so a sample's augmentation
+is a function of (seed, epoch, index). Images are RGB uint8 ``[H, W, 3]``; boxes come
+in as pixels ``[G, 4]`` xyxy and leave normalised to [0, 1] for the model input.
+(OpenCV/NumPy measured faster per worker than ``torchvision.transforms.v2``:
+``python -m data.augment_benchmark``.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+# Fill of zoomed-out canvases: the RGB pixel mean of ImageNet (SSD's "mean fill").
+MEAN_FILL_RGB = (123, 117, 104)
+
+
+def _keep_valid(
+    boxes: np.ndarray, labels: np.ndarray, min_size: float
+) -> tuple[np.ndarray, np.ndarray]:
+    keep = ((boxes[:, 2] - boxes[:, 0]) > min_size) & ((boxes[:, 3] - boxes[:, 1]) > min_size)
+    return boxes[keep], labels[keep]
+
+
+def resize_to_model(
+    image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Resize to ``size x size``; boxes normalised by the image size and clipped."""
+    height, width = image.shape[:2]
+    resized = cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
+    scale = np.array([width, height, width, height], dtype=np.float32)
+    normalised = np.clip(boxes.astype(np.float32) / scale, 0.0, 1.0)
+    # Boxes under a tenth of a model pixel carry nothing learnable.
+    normalised, labels = _keep_valid(normalised, labels, 0.1 / size)
+    return resized, normalised, labels
+
+
+class EvalTransform:
+    """Resize only (evaluation and inference)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __call__(
+        self,
+        image: np.ndarray,
+        boxes: np.ndarray,
+        labels: np.ndarray,
+        rng: np.random.Generator | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return resize_to_model(image, boxes, labels, self.size)
+
+
+class SSDAugmentation:
+    """Photometric distortion, zoom-out, IoU-constrained crop, flip, resize.
+
+    Args:
+        size: model input side.
+        photometric_prob: probability of each photometric step (brightness, contrast,
+            saturation, hue), applied in SSD's order with contrast before or after the
+            colour steps at random.
+        brightness_delta: added brightness range ``[-delta, delta]`` (0..255 scale).
+        contrast_range: contrast factor range.
+        saturation_range: saturation factor range.
+        hue_delta: hue shift range in degrees.
+        expand_prob: probability of zooming out onto a mean-filled canvas.
+        expand_max_ratio: largest canvas side over image side.
+        crop_prob: probability of cropping at all.
+        crop_min_ious: the crop modes: minimum IoU with some box (``None`` = any crop).
+        crop_scale: range of the crop side over the image side.
+        crop_aspect_ratio: range of the crop's height/width.
+        flip_prob: probability of a horizontal flip.
+        max_crop_trials: attempts per crop mode before keeping the image as it is.
+    """
+
+    def __init__(
+        self,
+        *,
+        size: int,
+        photometric_prob: float = 0.5,
+        brightness_delta: float = 32.0,
+        contrast_range: tuple[float, float] = (0.5, 1.5),
+        saturation_range: tuple[float, float] = (0.5, 1.5),
+        hue_delta: float = 18.0,
+        expand_prob: float = 0.5,
+        expand_max_ratio: float = 4.0,
+        crop_prob: float = 1.0,
+        crop_min_ious: Sequence[float | None] = (None, 0.1, 0.3, 0.5, 0.7, 0.9),
+        crop_scale: tuple[float, float] = (0.3, 1.0),
+        crop_aspect_ratio: tuple[float, float] = (0.5, 2.0),
+        flip_prob: float = 0.5,
+        max_crop_trials: int = 50,
+    ) -> None:
+        self.size = size
+        self.photometric_prob = photometric_prob
+        self.brightness_delta = brightness_delta
+        self.contrast_range = contrast_range
+        self.saturation_range = saturation_range
+        self.hue_delta = hue_delta
+        self.expand_prob = expand_prob
+        self.expand_max_ratio = expand_max_ratio
+        self.crop_prob = crop_prob
+        self.crop_min_ious = list(crop_min_ious)
+        self.crop_scale = crop_scale
+        self.crop_aspect_ratio = crop_aspect_ratio
+        self.flip_prob = flip_prob
+        self.max_crop_trials = max_crop_trials
+
+    def __call__(
+        self,
+        image: np.ndarray,
+        boxes: np.ndarray,
+        labels: np.ndarray,
+        rng: np.random.Generator,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        boxes = boxes.astype(np.float32)
+        image = self.photometric(image, rng)
+        if rng.random() < self.expand_prob:
+            image, boxes = self.expand(image, boxes, rng)
+        if len(boxes) and rng.random() < self.crop_prob:
+            image, boxes, labels = self.crop(image, boxes, labels, rng)
+        if rng.random() < self.flip_prob:
+            image, boxes = self.flip(image, boxes)
+        return resize_to_model(image, boxes, labels, self.size)
+
+    def photometric(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        p = self.photometric_prob
+        if p <= 0:
+            return image
+        result = image.astype(np.float32)
+        if rng.random() < p:
+            result += rng.uniform(-self.brightness_delta, self.brightness_delta)
+        contrast_first = rng.random() < 0.5
+        if contrast_first and rng.random() < p:
+            result *= rng.uniform(*self.contrast_range)
+        saturation = rng.uniform(*self.saturation_range) if rng.random() < p else None
+        hue = rng.uniform(-self.hue_delta, self.hue_delta) if rng.random() < p else None
+        if saturation is not None or hue is not None:
+            hsv = cv2.cvtColor(np.clip(result, 0, 255) / 255.0, cv2.COLOR_RGB2HSV)
+            if saturation is not None:
+                hsv[..., 1] = np.clip(hsv[..., 1] * saturation, 0.0, 1.0)
+            if hue is not None:
+                hsv[..., 0] = (hsv[..., 0] + hue) % 360.0
+            result = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB) * 255.0
+        if not contrast_first and rng.random() < p:
+            result *= rng.uniform(*self.contrast_range)
+        return np.clip(result, 0, 255).astype(np.uint8)
+
+    def expand(
+        self, image: np.ndarray, boxes: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        height, width = image.shape[:2]
+        ratio = rng.uniform(1.0, self.expand_max_ratio)
+        canvas_h, canvas_w = int(height * ratio), int(width * ratio)
+        top = int(rng.uniform(0, canvas_h - height))
+        left = int(rng.uniform(0, canvas_w - width))
+        canvas = np.empty((canvas_h, canvas_w, 3), dtype=image.dtype)
+        canvas[:] = MEAN_FILL_RGB
+        canvas[top : top + height, left : left + width] = image
+        return canvas, boxes + np.array([left, top, left, top], dtype=np.float32)
+
+    def crop(
+        self,
+        image: np.ndarray,
+        boxes: np.ndarray,
+        labels: np.ndarray,
+        rng: np.random.Generator,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """SSD's random crop: a patch whose IoU with some box reaches the mode's
+        minimum, keeping the boxes whose centres fall inside it (clipped to it)."""
+        height, width = image.shape[:2]
+        min_iou = self.crop_min_ious[int(rng.integers(len(self.crop_min_ious)))]
+        for _ in range(self.max_crop_trials):
+            crop_w = rng.uniform(self.crop_scale[0], self.crop_scale[1]) * width
+            crop_h = rng.uniform(self.crop_scale[0], self.crop_scale[1]) * height
+            aspect = crop_h / crop_w
+            if not self.crop_aspect_ratio[0] <= aspect <= self.crop_aspect_ratio[1]:
+                continue
+            left = rng.uniform(0, width - crop_w)
+            top = rng.uniform(0, height - crop_h)
+            rect = np.array([left, top, left + crop_w, top + crop_h], dtype=np.float32)
+            rect = np.round(rect)
+            if rect[2] - rect[0] < 1 or rect[3] - rect[1] < 1:
+                continue
+            if min_iou is not None and _iou_with(boxes, rect).max() < min_iou:
+                continue
+            centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+            inside = (
+                (centres[:, 0] > rect[0])
+                & (centres[:, 1] > rect[1])
+                & (centres[:, 0] < rect[2])
+                & (centres[:, 1] < rect[3])
+            )
+            if not inside.any():
+                continue
+            kept = boxes[inside].copy()
+            kept[:, :2] = np.maximum(kept[:, :2], rect[:2]) - rect[:2]
+            kept[:, 2:] = np.minimum(kept[:, 2:], rect[2:]) - rect[:2]
+            x1, y1, x2, y2 = (int(value) for value in rect)
+            return image[y1:y2, x1:x2], kept, labels[inside]
+        return image, boxes, labels
+
+    def flip(self, image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        width = image.shape[1]
+        flipped = boxes.copy()
+        flipped[:, 0] = width - boxes[:, 2]
+        flipped[:, 2] = width - boxes[:, 0]
+        return image[:, ::-1], flipped
+
+
+def _iou_with(boxes: np.ndarray, rect: np.ndarray) -> np.ndarray:
+    """IoU of each box ``[G, 4]`` with one rectangle ``[4]``."""
+    top_left = np.maximum(boxes[:, :2], rect[:2])
+    bottom_right = np.minimum(boxes[:, 2:], rect[2:])
+    inter = np.clip(bottom_right - top_left, 0, None).prod(axis=1)
+    areas = (boxes[:, 2:] - boxes[:, :2]).prod(axis=1)
+    rect_area = (rect[2:] - rect[:2]).prod()
+    return inter / (areas + rect_area - inter)

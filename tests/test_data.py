@@ -1,0 +1,244 @@
+import numpy as np
+import pytest
+import torch
+
+from data.coco import read_coco
+from data.dataset import BadSampleError, DetectionDataset, ProblemReport
+from data.loader import ResumableSampler, collate
+from data.shapes import SHAPE_CLASSES, ensure_shapes_dataset, generate_image
+from data.transforms import EvalTransform, SSDAugmentation
+from data.voc import VOC_CLASSES, discover_class_names, read_voc_format
+
+SHAPES_SETTINGS = {"num_train": 12, "num_val": 4, "image_size": 96, "seed": 3}
+
+
+def voc_mini(shared_dir, split="all", policy="stop"):
+    return read_voc_format(
+        shared_dir / "data" / "voc_mini" / "VOC2012", split, VOC_CLASSES, ProblemReport(policy)
+    )
+
+
+def test_voc_reader_reads_the_devkit_layout(shared_dir):
+    records = voc_mini(shared_dir)
+    assert len(records) == 100
+    assert sum(record.num_objects for record in records) == 273
+    assert len(voc_mini(shared_dir, "trainval")) == 67
+    assert len(voc_mini(shared_dir, "test")) == 33
+    first = next(record for record in records if record.image_id == "2007_000027")
+    # <xmin>174 <ymin>101 <xmax>349 <ymax>351, 1-based inclusive -> 0-based continuous.
+    np.testing.assert_array_equal(first.boxes, [[173, 100, 349, 351]])
+    assert first.labels.tolist() == [VOC_CLASSES.index("person") + 1]
+    assert (first.width, first.height) == (486, 500)
+    assert first.image_path.name == "2007_000027.jpg" and first.image_path.is_file()
+    assert any(record.difficult.any() for record in records)
+
+
+def test_coco_reader_matches_the_voc_annotations(shared_dir):
+    root = shared_dir / "data" / "voc_mini"
+    records = read_coco(
+        root / "annotations" / "instances_voc_mini.json",
+        root / "VOC2012" / "JPEGImages",
+        VOC_CLASSES,
+        ProblemReport("stop"),
+        keep_empty=True,
+    )
+    assert len(records) == 100
+    assert sum(record.num_objects for record in records) == 273
+    by_name = {record.image_path.name: record for record in voc_mini(shared_dir)}
+    for record in records:
+        voc = by_name[record.image_path.name]
+        # Category ids are in another order than VOC's: labels are matched by name.
+        assert sorted(record.labels.tolist()) == sorted(voc.labels.tolist())
+        # The JSON's boxes start at VOC's 1-based xmin: one pixel apart at most.
+        assert np.abs(np.sort(record.boxes, 0) - np.sort(voc.boxes, 0)).max() <= 1.0
+        assert isinstance(record.extra["coco_id"], int)
+
+
+def test_custom_trees_resolve_images_and_report_foreign_classes(shared_dir, caplog):
+    folder = shared_dir / "data" / "trees"
+    assert discover_class_names(sorted(folder.glob("*.xml"))) == ["Alive", "Dead", "Tree"]
+    records = read_voc_format(folder, "all", ["Tree"], ProblemReport("skip"))
+    # OSBS_029.xml names OSBS_029.tif; the image shipped is OSBS_029.png.
+    by_id = {record.image_id: record for record in records}
+    assert by_id["OSBS_029"].image_path.name == "OSBS_029.png"
+    assert by_id["OSBS_029"].num_objects == 61
+    # SOAP_061.xml holds only 'Alive'/'Dead' objects: reported and left out.
+    assert "SOAP_061" not in by_id
+    assert (
+        "SOAP_061.xml: 37 objects of unknown classes 'Alive' (9), 'Dead' (28) left out; "
+        "known classes: Tree" in caplog.text
+    )
+    assert "SOAP_061.xml: no objects to train on; image left out" in caplog.text
+    with pytest.raises(BadSampleError, match=r"SOAP_061\.xml: 37 objects of unknown classes"):
+        read_voc_format(folder, "all", ["Tree"], ProblemReport("stop"))
+    everything = read_voc_format(folder, "all", ["Alive", "Dead", "Tree"], ProblemReport("stop"))
+    assert sum(record.num_objects for record in everything) == 61 + 37 + 279
+
+
+def _write_xml(path, filename, objects, size=(100, 80)):
+    parts = [f"<annotation><filename>{filename}</filename>"]
+    parts.append(f"<size><width>{size[0]}</width><height>{size[1]}</height></size>")
+    for name, (x1, y1, x2, y2) in objects:
+        parts.append(
+            f"<object><name>{name}</name><difficult>0</difficult><bndbox><xmin>{x1}</xmin>"
+            f"<ymin>{y1}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>"
+        )
+    parts.append("</annotation>")
+    path.write_text("".join(parts))
+
+
+def _write_image(path, size=(100, 80)):
+    import cv2
+
+    cv2.imwrite(str(path), np.full((size[1], size[0], 3), 127, dtype=np.uint8))
+
+
+def test_bad_annotations_are_reported_with_file_and_problem(tmp_path, caplog):
+    _write_image(tmp_path / "a.jpg")
+    _write_xml(
+        tmp_path / "a.xml",
+        "a.jpg",
+        [("cat", (10, 10, 50, 50)), ("cat", (60, 10, 20, 40)), ("cat", (50, 50, 150, 70)),
+         ("unicorn", (1, 1, 5, 5))],
+    )  # fmt: skip
+    _write_image(tmp_path / "empty.jpg")
+    _write_xml(tmp_path / "empty.xml", "empty.jpg", [])
+    _write_xml(tmp_path / "lost.xml", "lost.tif", [("cat", (1, 1, 9, 9))])
+    (tmp_path / "broken.xml").write_text("<annotation><object>")
+    records = read_voc_format(tmp_path, "all", ["cat"], ProblemReport("skip"))
+    assert [record.image_id for record in records] == ["a"]
+    # Inverted box dropped, box outside the image clipped, unknown class dropped.
+    np.testing.assert_array_equal(records[0].boxes, [[9, 9, 50, 50], [49, 49, 100, 70]])
+    text = caplog.text
+    assert "a.xml: box 1 [59, 9, 20, 40] is inverted or empty" in text
+    assert "a.xml: box 2 [49, 49, 150, 70] reaches outside the 100x80 image; clipped" in text
+    assert "a.xml: 1 objects of unknown classes 'unicorn' (1) left out" in text
+    assert "empty.xml: no objects to train on" in text
+    assert (
+        "lost.xml: image 'lost.tif' named in the annotation not found, nor any image with id 'lost'"
+        in text
+    )
+    assert "broken.xml: not a readable XML annotation" in text
+    with pytest.raises(BadSampleError, match=r"a\.xml: 1 objects of unknown classes .unicorn."):
+        read_voc_format(tmp_path, "all", ["cat"], ProblemReport("stop"))
+
+
+def test_corrupt_image_is_skipped_or_stops(tmp_path, caplog):
+    _write_image(tmp_path / "good.jpg")
+    _write_xml(tmp_path / "good.xml", "good.jpg", [("cat", (10, 10, 50, 50))])
+    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8 this is not a jpeg")
+    _write_xml(tmp_path / "bad.xml", "bad.jpg", [("cat", (10, 10, 50, 50))])
+    records = read_voc_format(tmp_path, "all", ["cat"], ProblemReport("stop"))
+    assert len(records) == 2
+    skipping = DetectionDataset(records, ["cat"], EvalTransform(32), on_bad_sample="skip")
+    items = [skipping[index] for index in range(2)]
+    assert items[0] is None and items[1] is not None
+    assert "bad.jpg: unreadable or corrupt image (skipped)" in caplog.text
+    batch = collate(items)
+    assert batch["images"].shape == (1, 3, 32, 32) and batch["image_ids"] == ["good"]
+    stopping = DetectionDataset(records, ["cat"], EvalTransform(32), on_bad_sample="stop")
+    with pytest.raises(BadSampleError, match=r"bad\.jpg: unreadable or corrupt image"):
+        stopping[0]
+
+
+def test_shapes_generator_is_deterministic_and_checks_its_manifest(tmp_path):
+    image_a, objects_a = generate_image(seed=5, split="train", index=7, size=128)
+    image_b, objects_b = generate_image(seed=5, split="train", index=7, size=128)
+    assert np.array_equal(image_a, image_b)
+    assert [(name, box.tolist()) for name, box in objects_a] == [
+        (name, box.tolist()) for name, box in objects_b
+    ]
+    image_c, _ = generate_image(seed=6, split="train", index=7, size=128)
+    assert not np.array_equal(image_a, image_c)
+
+    root = ensure_shapes_dataset(tmp_path / "shapes", **SHAPES_SETTINGS)
+    records = read_voc_format(root, "train", SHAPE_CLASSES, ProblemReport("stop"))
+    assert len(records) == SHAPES_SETTINGS["num_train"]
+    assert (
+        len(read_voc_format(root, "val", SHAPE_CLASSES, ProblemReport("stop")))
+        == SHAPES_SETTINGS["num_val"]
+    )
+    labels = np.concatenate([record.labels for record in records])
+    assert labels.min() >= 1 and labels.max() <= len(SHAPE_CLASSES)
+    assert all(1 <= record.num_objects <= 6 for record in records)
+    for record in records:
+        assert (record.boxes[:, :2] >= 0).all() and (record.boxes[:, 2:] <= 96).all()
+    # A second call finds the finished dataset; other settings are refused.
+    assert ensure_shapes_dataset(tmp_path / "shapes", **SHAPES_SETTINGS) == root
+    with pytest.raises(ValueError, match="generated with other settings"):
+        ensure_shapes_dataset(tmp_path / "shapes", **{**SHAPES_SETTINGS, "seed": 4})
+
+
+def test_augmentation_keeps_boxes_inside_and_labels_in_step(shared_dir):
+    records = voc_mini(shared_dir)[:20]
+    augment = SSDAugmentation(size=96)
+    from data.dataset import read_image
+
+    for index, record in enumerate(records):
+        image = read_image(record.image_path)
+        for repeat in range(5):
+            rng = np.random.default_rng([index, repeat])
+            out, boxes, labels = augment(image, record.boxes.copy(), record.labels.copy(), rng)
+            assert out.shape == (96, 96, 3) and out.dtype == np.uint8
+            assert boxes.shape == (labels.shape[0], 4)
+            assert (boxes >= 0).all() and (boxes <= 1).all()
+            assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
+            assert set(labels.tolist()) <= set(record.labels.tolist())
+            again = augment(
+                image,
+                record.boxes.copy(),
+                record.labels.copy(),
+                np.random.default_rng([index, repeat]),
+            )
+            assert np.array_equal(again[0], out) and np.array_equal(again[1], boxes)
+
+
+def test_flip_expand_and_crop_move_boxes_with_the_image():
+    image = np.zeros((40, 60, 3), dtype=np.uint8)
+    image[10:20, 5:25] = 255
+    boxes = np.array([[5, 10, 25, 20]], dtype=np.float32)
+    augment = SSDAugmentation(size=60, photometric_prob=0, expand_prob=0, crop_prob=0, flip_prob=1)
+    flipped_image, flipped = augment.flip(image, boxes)
+    np.testing.assert_array_equal(flipped, [[35, 10, 55, 20]])
+    assert flipped_image[10:20, 35:55].min() == 255
+    canvas, moved = augment.expand(image, boxes, np.random.default_rng(0))
+    x1, y1, x2, y2 = moved[0].astype(int)
+    assert canvas[y1:y2, x1:x2].min() == 255 and canvas.shape[0] >= 40
+    # A crop keeps only boxes whose centre is inside, clipped and shifted to the crop.
+    two = np.array([[5, 10, 25, 20], [40, 25, 58, 38]], dtype=np.float32)
+    cropper = SSDAugmentation(size=60, crop_min_ious=[None])
+    for seed in range(20):
+        crop, kept, labels = cropper.crop(image, two, np.array([1, 2]), np.random.default_rng(seed))
+        assert len(kept) == len(labels) >= 1
+        assert (kept[:, 2] <= crop.shape[1]).all() and (kept[:, 3] <= crop.shape[0]).all()
+
+
+def test_sampler_resumes_mid_epoch_in_the_same_order():
+    dataset = list(range(10))
+    full = ResumableSampler(dataset, num_replicas=1, rank=0, seed=1)
+    full.set_epoch(3)
+    keys = list(full)
+    assert sorted(index for index, _ in keys) == list(range(10))
+    assert {epoch for _, epoch in keys} == {3}
+    resumed = ResumableSampler(dataset, num_replicas=1, rank=0, seed=1)
+    resumed.set_epoch(3)
+    resumed.start_at(4)
+    assert len(resumed) == 6
+    assert list(resumed) == keys[4:]
+    # The offset applies once: the next pass is a full epoch again.
+    assert len(list(resumed)) == 10
+    ranks = [ResumableSampler(dataset, num_replicas=2, rank=rank, seed=1) for rank in (0, 1)]
+    for sampler in ranks:
+        sampler.set_epoch(3)
+    assert sorted(index for sampler in ranks for index, _ in sampler) == list(range(10))
+
+
+def test_dataset_items_are_normalised_and_reproducible(tmp_path):
+    root = ensure_shapes_dataset(tmp_path / "shapes", **SHAPES_SETTINGS)
+    records = read_voc_format(root, "train", SHAPE_CLASSES, ProblemReport("stop"))
+    dataset = DetectionDataset(records, SHAPE_CLASSES, SSDAugmentation(size=64), seed=9)
+    item = dataset[(2, 5)]
+    assert item["image"].shape == (3, 64, 64) and item["image"].dtype == torch.uint8
+    assert item["orig_size"] == (96, 96)
+    assert torch.equal(dataset[(2, 5)]["boxes"], item["boxes"])
+    assert not torch.equal(dataset[(2, 6)]["image"], item["image"])

@@ -1,0 +1,104 @@
+import numpy as np
+import pytest
+
+from utils.metrics import average_precision, evaluate_class, evaluate_voc
+
+
+def classic_voc_eval(det_images, det_scores, det_boxes, gt_images, gt_boxes, gt_difficult,
+                     iou_threshold, use_07_metric, inclusive):  # fmt: skip
+    """The per-detection loop of the devkit's Python port (voc_eval.py), kept as the
+    independent reference (with a stable sort, as the MATLAB devkit's sort)."""
+    num_positives = int((~gt_difficult).sum())
+    order = np.argsort(-det_scores, kind="stable")
+    images = {}
+    for image in np.unique(gt_images):
+        mask = gt_images == image
+        images[image] = {
+            "boxes": gt_boxes[mask],
+            "difficult": gt_difficult[mask],
+            "taken": np.zeros(mask.sum(), dtype=bool),
+        }
+    tp, fp = np.zeros(len(order)), np.zeros(len(order))
+    extra = 1.0 if inclusive else 0.0
+    for rank, index in enumerate(order):
+        box, best = det_boxes[index], -np.inf
+        entry = images.get(det_images[index])
+        if entry is not None:
+            gts = entry["boxes"]
+            iw = np.maximum(
+                np.minimum(gts[:, 2], box[2]) - np.maximum(gts[:, 0], box[0]) + extra, 0
+            )
+            ih = np.maximum(
+                np.minimum(gts[:, 3], box[3]) - np.maximum(gts[:, 1], box[1]) + extra, 0
+            )
+            inter = iw * ih
+            union = (
+                (box[2] - box[0] + extra) * (box[3] - box[1] + extra)
+                + (gts[:, 2] - gts[:, 0] + extra) * (gts[:, 3] - gts[:, 1] + extra)
+                - inter
+            )
+            with np.errstate(invalid="ignore", divide="ignore"):
+                overlaps = inter / union
+            best, best_index = overlaps.max(), overlaps.argmax()
+        if best > iou_threshold:
+            if not entry["difficult"][best_index]:
+                if not entry["taken"][best_index]:
+                    tp[rank], entry["taken"][best_index] = 1, True
+                else:
+                    fp[rank] = 1
+        else:
+            fp[rank] = 1
+    tp, fp = np.cumsum(tp), np.cumsum(fp)
+    recall = tp / num_positives
+    precision = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
+    return average_precision(recall, precision, use_07_metric)
+
+
+@pytest.mark.parametrize("use_07_metric", [True, False])
+@pytest.mark.parametrize("inclusive", [True, False])
+def test_vectorised_evaluator_equals_the_classic_loop(use_07_metric, inclusive):
+    rng = np.random.default_rng(0)
+    for _ in range(25):
+        num_gt, num_det = int(rng.integers(1, 150)), int(rng.integers(0, 400))
+        gt_images = rng.integers(0, 40, num_gt)
+        corners = rng.uniform(0, 80, (num_gt, 2))
+        gt_boxes = np.concatenate([corners, corners + rng.uniform(5, 60, (num_gt, 2))], 1).round()
+        gt_difficult = rng.random(num_gt) < 0.15
+        source = rng.integers(0, num_gt, num_det)
+        det_images = np.where(
+            rng.random(num_det) < 0.8, gt_images[source], rng.integers(0, 40, num_det)
+        )
+        det_boxes = gt_boxes[source] + rng.normal(0, 6, (num_det, 4)).round()
+        det_scores = rng.random(num_det).round(2)  # ties on purpose
+        arguments = (det_images, det_scores, det_boxes, gt_images, gt_boxes, gt_difficult)
+        expected = classic_voc_eval(*arguments, 0.5, use_07_metric, inclusive)
+        result = evaluate_class(*arguments, use_07_metric=use_07_metric, inclusive=inclusive)
+        assert result.ap == pytest.approx(expected, abs=1e-12)
+
+
+def test_hand_built_cases():
+    truth = [{"boxes": np.array([[0, 0, 10, 10], [20, 20, 30, 30]]), "labels": np.array([1, 1]),
+              "difficult": np.array([False, True])}]  # fmt: skip
+    perfect = [
+        {"boxes": np.array([[0, 0, 10, 10]]), "scores": np.array([0.9]), "labels": np.array([1])}
+    ]
+    assert evaluate_voc(truth, perfect, ["a"])["mAP"] == pytest.approx(1.0)
+    # A duplicate of a found box is a false positive; the difficult box is ignored.
+    duplicate = [{"boxes": np.array([[0, 0, 10, 10], [0, 0, 10, 10.5], [20, 20, 30, 30]]),
+                  "scores": np.array([0.9, 0.8, 0.95]), "labels": np.array([1, 1, 1])}]  # fmt: skip
+    result = evaluate_voc(truth, duplicate, ["a"], use_07_metric=False)
+    curve = result["curves"]["a"]
+    assert curve.precision.tolist() == [0.0, 1.0, 0.5]  # ignored, true, duplicate
+    assert curve.recall.tolist() == [0.0, 1.0, 1.0]
+    assert result["mAP"] == pytest.approx(1.0)
+    # 11-point and area AP differ: recall 0.5 at precision 1, then nothing.
+    half = [
+        {"boxes": np.array([[0, 0, 10, 10]]), "scores": np.array([0.9]), "labels": np.array([1])}
+    ]
+    two = [{"boxes": np.array([[0, 0, 10, 10], [50, 50, 60, 60]]), "labels": np.array([1, 1]),
+            "difficult": np.array([False, False])}]  # fmt: skip
+    assert evaluate_voc(two, half, ["a"], use_07_metric=False)["mAP"] == pytest.approx(0.5)
+    assert evaluate_voc(two, half, ["a"], use_07_metric=True)["mAP"] == pytest.approx(6 / 11)
+    # A class without ground truth gets NaN and stays out of the mean.
+    result = evaluate_voc(truth, perfect, ["a", "b"])
+    assert np.isnan(result["ap_per_class"]["b"]) and result["mAP"] == pytest.approx(1.0)

@@ -1,0 +1,269 @@
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import train
+from tests.conftest import REPO_ROOT, tiny_train_overrides
+from utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from utils.config import load_config
+from utils.engine import add_bn_sparsity_gradient, mixup_batch
+from utils.optim import LRSchedule
+
+
+def run_train(*arguments: str) -> int:
+    return train.main(train.parse_args(list(arguments)))
+
+
+def train_records(output_dir):
+    lines = (output_dir / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines if json.loads(line)["kind"] == "train"]
+
+
+def test_schedule_warms_up_then_decays():
+    schedule = LRSchedule(
+        total_iterations=100,
+        iterations_per_epoch=10,
+        warmup_iterations=4,
+        warmup_factor=0.2,
+        schedule="multistep",
+        milestones=[5, 8],
+        gamma=0.1,
+        min_lr_factor=0.0,
+    )
+    assert [schedule(i) for i in range(5)] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
+    assert schedule(49) == 1.0 and schedule(50) == pytest.approx(0.1)
+    assert schedule(80) == pytest.approx(0.01)
+    cosine = LRSchedule(
+        total_iterations=100,
+        iterations_per_epoch=10,
+        warmup_iterations=0,
+        warmup_factor=1.0,
+        schedule="cosine",
+        milestones=[],
+        gamma=0.1,
+        min_lr_factor=0.05,
+    )
+    assert (
+        cosine(0) == 1.0
+        and cosine(50) == pytest.approx(0.525)
+        and cosine(100) == pytest.approx(0.05)
+    )
+
+
+def test_training_run_writes_its_outputs_and_warms_up(tiny_shapes_root, tmp_path):
+    output = tmp_path / "run"
+    assert run_train("--config", str(REPO_ROOT / "configs" / "quickstart_shapes.yaml"),
+                     *tiny_train_overrides(tiny_shapes_root, output)) == 0  # fmt: skip
+    records = train_records(output)
+    assert [record["iteration"] for record in records] == [1, 2, 3, 4, 5, 6]
+    # The LR of iteration k is lr * (0.1 + 0.9 * (k - 1) / 4) during the 4-iteration
+    # warm-up (then the config's cosine schedule).
+    expected = [
+        0.01 * (0.1 + 0.9 * k / 4) * 0.5 * (1 + math.cos(math.pi * k / 6)) for k in range(4)
+    ]
+    assert [record["lr"] for record in records[:4]] == pytest.approx(expected)
+    assert all(math.isfinite(record["loss"]) for record in records)
+
+    saved = load_config(output / "config.yaml")
+    assert saved.train.output_dir == str(output) and saved.model.image_size == 96
+    checkpoint = load_checkpoint(output / "last.pt")
+    assert checkpoint["iteration"] == 6
+    assert checkpoint["class_names"] == ["ellipse", "rectangle", "triangle", "star", "cross"]
+    assert {"optimizer", "scheduler", "scaler", "rng", "config"} <= set(checkpoint)
+    assert (output / "best.pt").is_file()
+    results = json.loads((output / "results.json").read_text())
+    assert results["metric"] == "voc07" and 0.0 <= results["mAP"] <= 1.0
+    assert set(results["ap_per_class"]) == set(checkpoint["class_names"])
+    evals = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+    assert [record["iteration"] for record in evals if record["kind"] == "eval"] == [2, 4, 6]
+    assert len(list((output / "detections").glob("*.jpg"))) == 2
+    assert list((output / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_resume_continues_exactly(tiny_shapes_root, tmp_path):
+    config = str(REPO_ROOT / "configs" / "quickstart_shapes.yaml")
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert run_train("--config", config, *tiny_train_overrides(tiny_shapes_root, straight)) == 0
+    # Stop mid-epoch (iteration 3 of 6, epoch 2 of 3), then resume from the checkpoint,
+    # with a loader worker this time: augmentation does not depend on the workers.
+    overrides = tiny_train_overrides(tiny_shapes_root, split)
+    assert run_train("--config", config, *overrides, "--stop-at", "3") == 0
+    assert load_checkpoint(split / "last.pt")["iteration"] == 3
+    assert run_train("--resume", str(split / "last.pt"), "data.num_workers=1") == 0
+
+    losses_straight = [(r["iteration"], r["loss"], r["lr"]) for r in train_records(straight)]
+    losses_split = [(r["iteration"], r["loss"], r["lr"]) for r in train_records(split)]
+    assert losses_split == losses_straight
+    final_straight = load_checkpoint(straight / "last.pt")["model"]
+    final_split = load_checkpoint(split / "last.pt")["model"]
+    for key, value in final_straight.items():
+        assert torch.equal(value, final_split[key]), key
+
+
+def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(
+    tiny_shapes_root, tmp_path, monkeypatch, caplog
+):
+    original = train.build_loss
+
+    def poisoned_loss(config, priors):
+        loss_fn = original(config, priors)
+        calls = {"count": 0}
+        forward = loss_fn.forward
+
+        def forward_with_nan(*args):
+            calls["count"] += 1
+            losses = forward(*args)
+            if calls["count"] == 5:
+                losses["loss"] = losses["loss"] * float("nan")
+            return losses
+
+        loss_fn.forward = forward_with_nan
+        return loss_fn
+
+    monkeypatch.setattr(train, "build_loss", poisoned_loss)
+    output = tmp_path / "run"
+    code = run_train("--config", str(REPO_ROOT / "configs" / "quickstart_shapes.yaml"),
+                     *tiny_train_overrides(tiny_shapes_root, output))  # fmt: skip
+    assert code == 1
+    assert "loss is nan at iteration 5 (epoch 3)" in caplog.text
+    assert f"the last good checkpoint is {output / 'last.pt'}" in caplog.text
+    # Saved at the end of epoch 2, untouched by the failing iteration.
+    assert load_checkpoint(output / "last.pt")["iteration"] == 4
+
+
+def test_bad_image_stops_cleanly_or_is_skipped(tmp_path, caplog):
+    import cv2
+    import numpy as np
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for index in range(9):
+        image = np.full((64, 64, 3), 40 * (index % 5), dtype=np.uint8)
+        cv2.rectangle(image, (10, 10), (40, 50), (255, 255, 255), -1)
+        cv2.imwrite(str(data / f"img{index}.jpg"), image)
+        (data / f"img{index}.xml").write_text(
+            f"<annotation><filename>img{index}.jpg</filename><size><width>64</width>"
+            "<height>64</height></size><object><name>box</name><bndbox><xmin>11</xmin>"
+            "<ymin>11</ymin><xmax>41</xmax><ymax>51</ymax></bndbox></object></annotation>"
+        )
+    (data / "img3.jpg").write_bytes(b"corrupt")
+    base = [
+        *tiny_train_overrides(tmp_path, tmp_path / "run"),
+        "data.dataset=custom",
+        f"data.root={data}",
+        "data.train_sets=[all]",
+        "data.val_sets=[]",
+        "model.num_classes=2",
+        "train.epochs=2",
+    ]
+    assert run_train(*base, "data.on_bad_sample=stop") == 2
+    assert "img3.jpg: unreadable or corrupt image" in caplog.text
+    caplog.clear()
+    assert run_train(*base, "data.on_bad_sample=skip", f"train.output_dir={tmp_path / 'run2'}") == 0
+    assert "img3.jpg: unreadable or corrupt image" in caplog.text
+
+
+def test_num_classes_must_fit_the_dataset(tiny_shapes_root, tmp_path):
+    with pytest.raises(train.DataError, match=r"set model\.num_classes=6"):
+        run_train(*tiny_train_overrides(tiny_shapes_root, tmp_path / "run"), "model.num_classes=21")
+
+
+def test_sigint_saves_and_exits_cleanly(tiny_shapes_root, tmp_path):
+    output = tmp_path / "run"
+    overrides = [*tiny_train_overrides(tiny_shapes_root, output), "train.epochs=500"]
+    process = subprocess.Popen(
+        [sys.executable, "train.py", *overrides],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.time() + 120
+    metrics = output / "metrics.jsonl"
+    while time.time() < deadline and not (metrics.is_file() and len(train_records(output)) >= 2):
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    out, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, out
+    assert "received SIGINT: saved" in out
+    checkpoint = load_checkpoint(output / "last.pt")
+    assert checkpoint["iteration"] >= 2
+    assert "Traceback" not in out
+
+
+def test_ddp_with_gloo_on_two_processes(tiny_shapes_root, tmp_path):
+    output = tmp_path / "run"
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+         "--master_port", "29561", "train.py", *tiny_train_overrides(tiny_shapes_root, output),
+         "train.epochs=2"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env=environment,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    records = train_records(output)
+    # 16 images over 2 ranks of 4 per batch: 2 iterations per epoch, logged once (rank 0).
+    assert [record["iteration"] for record in records] == [1, 2, 3, 4]
+    assert load_checkpoint(output / "last.pt")["iteration"] == 4
+    assert json.loads((output / "results.json").read_text())["iterations"] == 4
+
+
+def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint({"model": {"w": torch.ones(3)}, "config": {}}, path)
+
+    def failing_save(obj, handle, *args, **kwargs):
+        handle.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint({"model": {"w": torch.zeros(3)}, "config": {}}, path)
+    monkeypatch.undo()
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(3))
+    assert [item.name for item in tmp_path.iterdir()] == ["last.pt"]
+    path.write_bytes(path.read_bytes()[:20])
+    with pytest.raises(CheckpointError, match=r"last\.pt: not a readable checkpoint"):
+        load_checkpoint(path)
+
+
+def test_sparsity_adds_the_l1_subgradient():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([0.5, -0.2, 0.0, 2.0]))
+    model(torch.randn(2, 3, 4, 4)).sum().backward()
+    before = model[1].weight.grad.clone()
+    add_bn_sparsity_gradient(model, 0.01)
+    expected = before + 0.01 * torch.tensor([1.0, -1.0, 0.0, 1.0])
+    torch.testing.assert_close(model[1].weight.grad, expected)
+
+
+def test_mixup_blends_images_and_joins_boxes():
+    import numpy as np
+
+    images = torch.stack(
+        [torch.full((3, 2, 2), 100, dtype=torch.uint8), torch.zeros(3, 2, 2, dtype=torch.uint8)]
+    )
+    boxes = [
+        torch.tensor([[0.1, 0.1, 0.5, 0.5]]),
+        torch.tensor([[0.2, 0.2, 0.9, 0.9], [0.0, 0.0, 0.3, 0.3]]),
+    ]
+    labels = [torch.tensor([1]), torch.tensor([2, 3])]
+    rng = np.random.default_rng(0)
+    weight = float(np.random.default_rng(0).beta(1.5, 1.5))
+    mixed, mixed_boxes, mixed_labels = mixup_batch(images, boxes, labels, rng, 1.5)
+    partner = np.random.default_rng(0)
+    partner.beta(1.5, 1.5)
+    order = partner.permutation(2).tolist()
+    for index, other in enumerate(order):
+        expected = images[index].float() * weight + images[other].float() * (1 - weight)
+        torch.testing.assert_close(mixed[index], expected)
+        assert mixed_labels[index].tolist() == labels[index].tolist() + labels[other].tolist()
+        assert mixed_boxes[index].shape == (len(mixed_labels[index]), 4)

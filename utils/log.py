@@ -1,0 +1,66 @@
+"""Logging set-up and the metrics writer (TensorBoard + JSON lines), rank 0 only."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def setup_logging(is_main: bool, level: int = logging.INFO) -> None:
+    """Messages from every module on stderr; other ranks only warn. Handlers already
+    installed (by an embedding program or a test runner) are kept."""
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+        )
+        root.addHandler(handler)
+    root.setLevel(level if is_main else logging.WARNING)
+
+
+class MetricsWriter:
+    """Scalars to TensorBoard (``DIR/tensorboard``) and to ``DIR/metrics.jsonl``, one JSON
+    object a line: ``{"kind": "train"|"eval", "iteration": N, "epoch": E, ...}``.
+
+    A writer with ``enabled=False`` (ranks other than 0) does nothing.
+    """
+
+    def __init__(self, output_dir: str | Path, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.output_dir = Path(output_dir)
+        self._tensorboard = None
+        if enabled:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tensorboard = SummaryWriter(str(self.output_dir / "tensorboard"))
+            self._jsonl = (self.output_dir / "metrics.jsonl").open("a", encoding="utf-8")
+
+    def write(self, kind: str, iteration: int, epoch: int, values: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        record = {"kind": kind, "iteration": iteration, "epoch": epoch}
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor):
+                value = value.item()
+            record[key] = value
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                self._tensorboard.add_scalar(f"{kind}/{key}", value, iteration)
+        self._jsonl.write(json.dumps(record) + "\n")
+        self._jsonl.flush()
+
+    def histogram(self, name: str, values: torch.Tensor, iteration: int) -> None:
+        if self.enabled and values.numel():
+            self._tensorboard.add_histogram(name, values.detach().float().cpu(), iteration)
+
+    def close(self) -> None:
+        if self.enabled:
+            self._tensorboard.close()
+            self._jsonl.close()

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import cv2
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -175,8 +176,6 @@ def draw_examples(
     output_dir: Path,
     count: int,
 ) -> None:
-    import cv2
-
     folder = output_dir / "detections"
     folder.mkdir(parents=True, exist_ok=True)
     for index in range(min(count, len(dataset))):
@@ -286,7 +285,11 @@ class TrainingRun:
     def restore(self, checkpoint: dict[str, Any]) -> None:
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
-        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        # The schedule's shape comes from the current config (train.epochs may have been
+        # extended); only the position (last_epoch, base LRs) comes from the checkpoint.
+        scheduler_state = dict(checkpoint["scheduler"])
+        scheduler_state["lr_lambdas"] = [None] * len(self.scheduler.lr_lambdas)
+        self.scheduler.load_state_dict(scheduler_state)
         self.scaler.load_state_dict(checkpoint["scaler"])
         restore_rng_state(checkpoint["rng"])
         self.state = TrainState(
@@ -428,6 +431,11 @@ class TrainingRun:
         except BadSampleError as error:
             # Re-raised from a loader worker: keep the message, not the worker traceback.
             message = str(error).strip().splitlines()[-1]
+            if self.context.is_distributed:
+                # Only this rank hit the sample: a collective save would wait forever.
+                # Exiting non-zero makes torchrun stop the other ranks.
+                logger.error("bad sample (data.on_bad_sample=stop): %s", message)
+                return 2
             path = self.save("last.pt")
             logger.error("bad sample (data.on_bad_sample=stop): %s; saved %s", message, path)
             return 2

@@ -267,3 +267,17 @@ def test_mixup_blends_images_and_joins_boxes():
         torch.testing.assert_close(mixed[index], expected)
         assert mixed_labels[index].tolist() == labels[index].tolist() + labels[other].tolist()
         assert mixed_boxes[index].shape == (len(mixed_labels[index]), 4)
+
+
+def test_resume_can_extend_the_schedule(tiny_shapes_root, tmp_path):
+    output = tmp_path / "run"
+    config = str(REPO_ROOT / "configs" / "quickstart_shapes.yaml")  # cosine schedule
+    overrides = tiny_train_overrides(tiny_shapes_root, output)
+    assert run_train("--config", config, *overrides, "train.epochs=1") == 0
+    assert run_train("--resume", str(output / "last.pt"), "train.epochs=3") == 0
+    records = train_records(output)
+    assert [record["iteration"] for record in records] == [1, 2, 3, 4, 5, 6]
+    # Iterations 3-6 follow the 3-epoch cosine (6 iterations), not the 1-epoch one.
+    expected = 0.01 * 0.5 * (1 + math.cos(math.pi * 4 / 6))
+    assert records[4]["lr"] == pytest.approx(expected)
+    assert load_checkpoint(output / "last.pt")["iteration"] == 6

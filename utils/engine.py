@@ -157,10 +157,13 @@ def train_one_epoch(
             loc, conf = model(images)
         losses = loss_fn(loc, conf, boxes, labels)
         loss = losses["loss"]
-        nonfinite = not bool(torch.isfinite(loss))
+        # One host sync for every logged value and the finiteness check.
+        stacked = torch.stack([value.detach().float() for value in losses.values()])
+        values = dict(zip(losses.keys(), stacked.tolist(), strict=True))
+        nonfinite = not math.isfinite(values["loss"])
         if broadcast_flag(nonfinite, context, device):
             message = (
-                f"loss is {loss.item()} at iteration {state.iteration + 1} (epoch {epoch + 1}); "
+                f"loss is {values['loss']} at iteration {state.iteration + 1} (epoch {epoch + 1}); "
                 "stopped before the update, so the model is unchanged. Lower solver.lr or set "
                 "solver.grad_clip_norm"
             )
@@ -180,7 +183,6 @@ def train_one_epoch(
         scheduler.step()
         state.iteration += 1
 
-        values = {key: float(value.detach()) for key, value in losses.items()}
         for key, value in values.items():
             totals[key] = totals.get(key, 0.0) + value
         count += 1

@@ -36,6 +36,7 @@ from data.loader import (
     iterations_per_epoch,
     prepare_data,
     resolve_class_names,
+    val_annotation_file,
 )
 from models.build import build_loss, build_model, build_postprocessor
 from models.weights import WeightsError
@@ -72,6 +73,7 @@ from utils.engine import (
     predict,
     train_one_epoch,
 )
+from utils.evaluation import coco_results, coco_truth_and_ids, score_coco
 from utils.log import MetricsWriter, setup_logging
 from utils.optim import build_optimizer, build_scheduler
 from utils.visualize import draw_detections
@@ -112,7 +114,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="ITERATION",
         help="save last.pt and stop once this many iterations are done (resume later)",
     )
-    return parser.parse_args(argv)
+    # Overrides may come before or after the options.
+    return parser.parse_intermixed_args(argv)
 
 
 def resolve_config(args: argparse.Namespace) -> tuple[Config, dict[str, Any] | None]:
@@ -337,14 +340,7 @@ class TrainingRun:
                 self.device,
                 autocast_dtype=self.autocast_dtype,
             )
-            metric = self.config.eval.metric
-            result = evaluate_detections(
-                self.val_set.records,
-                detections,
-                self.class_names,
-                metric=metric if metric != "coco" else "voc07",
-                iou_threshold=self.config.eval.iou_threshold,
-            )
+            result = self.score(detections)
             result["detections"] = detections
             self.writer.write(
                 "eval",
@@ -355,6 +351,23 @@ class TrainingRun:
             logger.info("epoch %d: %s mAP %.4f", epoch + 1, result["metric"], result["mAP"])
         result["mAP"] = broadcast_from_main(result["mAP"], self.context, self.device)
         return result
+
+    def score(self, detections: list) -> dict[str, Any]:
+        """mAP of validation detections with ``eval.metric`` (VOC07, VOC2010+ or COCO)."""
+        records = self.val_set.records
+        if self.config.eval.metric == "coco":
+            coco, image_ids, category_ids = coco_truth_and_ids(
+                records, self.class_names, val_annotation_file(self.config)
+            )
+            entries = coco_results(detections, image_ids, category_ids)
+            return score_coco(coco, entries, self.class_names)
+        return evaluate_detections(
+            records,
+            detections,
+            self.class_names,
+            metric=self.config.eval.metric,
+            iou_threshold=self.config.eval.iou_threshold,
+        )
 
     def train(self, stop: StopRequest, stop_at_iteration: int | None = None) -> int:
         """The epoch loop: train, checkpoint, evaluate; then the final evaluation, example

@@ -126,6 +126,14 @@ def read_records(config: Config, split: str, class_names: list[str]) -> list[Ann
     return records
 
 
+def val_annotation_file(config: Config) -> Path | None:
+    """The COCO annotation file of the (first) validation set; None for other datasets."""
+    if config.data.dataset != "coco":
+        return None
+    annotation_file, _ = coco_set_paths(Path(config.data.root), config.data.val_sets[0])
+    return annotation_file
+
+
 def build_transform(config: Config, train: bool) -> Transform:
     size = config.model.image_size
     if not train:

@@ -22,7 +22,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     add_config_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead")
-    return parser.parse_args(argv)
+    # Overrides may come before or after the options.
+    return parser.parse_intermixed_args(argv)
 
 
 def summarize(config_path: Any, overrides: list[str]) -> dict[str, Any]:

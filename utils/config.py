@@ -479,7 +479,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Print the resolved config of an experiment (defaults, file, overrides)."
     )
     add_config_arguments(parser)
-    return parser.parse_args(argv)
+    # Overrides may come before or after the options.
+    return parser.parse_intermixed_args(argv)
 
 
 def main(args: argparse.Namespace) -> None:

@@ -186,7 +186,7 @@ def train_one_epoch(
         for key, value in values.items():
             totals[key] = totals.get(key, 0.0) + value
         count += 1
-        progress.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{lr:.2e}")
+        progress.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{lr:.2e}", refresh=False)
         if state.iteration % log_interval == 0:
             mean_loss = all_reduce_mean(loss.detach(), context).item()
             writer.write("train", state.iteration, epoch, {**values, "loss": mean_loss, "lr": lr})

@@ -1,0 +1,185 @@
+import contextlib
+import io
+import json
+
+import numpy as np
+import pytest
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+import test as test_script
+import train
+from data.coco import read_coco
+from data.dataset import ProblemReport
+from data.voc import VOC_CLASSES
+from tests.conftest import REPO_ROOT, tiny_train_overrides
+from tests.test_data import voc_mini
+from tests.test_metrics import classic_voc_eval
+from utils.evaluation import (
+    COCO_STAT_NAMES,
+    coco_results,
+    read_voc_results,
+    score_coco,
+    score_voc_results,
+    write_voc_results,
+)
+
+
+def shared_coco_detections(shared_dir):
+    """coco_dets_raw.json mapped onto the ground truth's image and category ids."""
+    root = shared_dir / "data" / "voc_mini"
+    with contextlib.redirect_stdout(io.StringIO()):
+        truth = COCO(str(root / "annotations" / "instances_voc_mini.json"))
+    raw = json.loads((root / "detections" / "coco_dets_raw.json").read_text())
+    image_of_file = {image["file_name"]: image["id"] for image in truth.dataset["images"]}
+    category_of_name = {
+        category["name"]: category["id"] for category in truth.dataset["categories"]
+    }
+    raw_file = {image["id"]: image["file_name"] for image in raw["images"]}
+    raw_name = {category["id"]: category["name"] for category in raw["categories"]}
+    entries = [
+        {
+            "image_id": image_of_file[raw_file[item["image_id"]]],
+            "category_id": category_of_name[raw_name[item["category_id"]]],
+            "bbox": item["bbox"],
+            "score": item["score"],
+        }
+        for item in raw["annotations"]
+    ]
+    return truth, entries
+
+
+def test_coco_numbers_equal_pycocotools_run_directly(shared_dir):
+    truth, entries = shared_coco_detections(shared_dir)
+    with contextlib.redirect_stdout(io.StringIO()):
+        direct = COCOeval(truth, truth.loadRes(entries), "bbox")
+        direct.evaluate()
+        direct.accumulate()
+        direct.summarize()
+    ours = score_coco(truth, entries, VOC_CLASSES)
+    for name, value in zip(COCO_STAT_NAMES, direct.stats, strict=True):
+        assert ours[name] == value, name
+    assert ours["mAP"] == direct.stats[0] and ours["metric"] == "coco"
+    assert len(ours["ap_per_class"]) == 20
+
+
+def test_coco_results_from_records_round_trip(shared_dir):
+    """Detections as test.py holds them (per record, xyxy) give the same numbers."""
+    truth, entries = shared_coco_detections(shared_dir)
+    root = shared_dir / "data" / "voc_mini"
+    records = read_coco(
+        root / "annotations" / "instances_voc_mini.json",
+        root / "VOC2012" / "JPEGImages",
+        VOC_CLASSES,
+        ProblemReport("stop"),
+        keep_empty=True,
+    )
+    name_of = {category["id"]: category["name"] for category in truth.dataset["categories"]}
+    position = {record.extra["coco_id"]: index for index, record in enumerate(records)}
+    detections = [{"boxes": [], "scores": [], "labels": []} for _ in records]
+    for entry in entries:
+        x, y, w, h = entry["bbox"]
+        item = detections[position[entry["image_id"]]]
+        item["boxes"].append([x, y, x + w, y + h])
+        item["scores"].append(entry["score"])
+        item["labels"].append(VOC_CLASSES.index(name_of[entry["category_id"]]) + 1)
+    detections = [{key: np.asarray(value) for key, value in item.items()} for item in detections]
+    category_ids = [next(i for i, n in name_of.items() if n == name) for name in VOC_CLASSES]
+    converted = coco_results(detections, [r.extra["coco_id"] for r in records], category_ids)
+    direct = score_coco(truth, entries, VOC_CLASSES)
+    again = score_coco(truth, converted, VOC_CLASSES)
+    for name in COCO_STAT_NAMES:
+        assert again[name] == pytest.approx(direct[name], abs=1e-4)
+
+
+def shared_voc_detections(shared_dir, records):
+    """per_image_xyxy/*.txt (class_index score x1 y1 x2 y2, devkit pixels) per record."""
+    folder = shared_dir / "data" / "voc_mini" / "detections"
+    names = (folder / "class_names.txt").read_text().split()
+    detections = []
+    for record in records:
+        path = folder / "per_image_xyxy" / f"{record.image_id}.txt"
+        rows = np.loadtxt(path, ndmin=2) if path.is_file() else np.zeros((0, 6))
+        labels = np.array(
+            [VOC_CLASSES.index(names[int(i)]) + 1 for i in rows[:, 0]], dtype=np.int64
+        )
+        detections.append({"labels": labels, "scores": rows[:, 1], "boxes": rows[:, 2:6]})
+    return detections
+
+
+@pytest.mark.parametrize("use_07_metric", [True, False])
+def test_voc_numbers_equal_an_independent_computation(shared_dir, tmp_path, use_07_metric):
+    records = voc_mini(shared_dir)
+    devkit = shared_voc_detections(shared_dir, records)
+    # test.py holds 0-based continuous boxes; the files it writes are devkit pixels.
+    continuous = [{**item, "boxes": item["boxes"] - np.array([1, 1, 0, 0])} for item in devkit]
+    write_voc_results(records, continuous, VOC_CLASSES, tmp_path)
+    result = score_voc_results(tmp_path, records, VOC_CLASSES, use_07_metric=use_07_metric)
+    aps = []
+    for label, name in enumerate(VOC_CLASSES, start=1):
+        det_images = np.concatenate(
+            [np.full((item["labels"] == label).sum(), i) for i, item in enumerate(devkit)]
+        )
+        det_scores = np.concatenate([item["scores"][item["labels"] == label] for item in devkit])
+        det_boxes = np.concatenate([item["boxes"][item["labels"] == label] for item in devkit])
+        gt = [
+            (i, r.boxes[r.labels == label] + np.array([1, 1, 0, 0]), r.difficult[r.labels == label])
+            for i, r in enumerate(records)
+        ]
+        gt_images = np.concatenate([np.full(len(boxes), i) for i, boxes, _ in gt])
+        gt_boxes = np.concatenate([boxes for _, boxes, _ in gt])
+        gt_difficult = np.concatenate([difficult for _, _, difficult in gt])
+        expected = classic_voc_eval(det_images, det_scores, det_boxes, gt_images, gt_boxes,
+                                    gt_difficult, 0.5, use_07_metric, True)  # fmt: skip
+        assert result["ap_per_class"][name] == pytest.approx(expected, abs=1e-9), name
+        aps.append(expected)
+    assert result["mAP"] == pytest.approx(np.mean(aps), abs=1e-9)
+    # The files hold 1-based pixels and read back to the devkit boxes.
+    back = read_voc_results(tmp_path, records, VOC_CLASSES)
+    assert sum(len(item["scores"]) for item in back) == 452
+
+
+def test_test_script_writes_results_and_rescores_them(tiny_shapes_root, tmp_path, capsys):
+    output = tmp_path / "run"
+    config = str(REPO_ROOT / "configs" / "quickstart_shapes.yaml")
+    assert (
+        train.main(
+            train.parse_args(["--config", config, *tiny_train_overrides(tiny_shapes_root, output)])
+        )
+        == 0
+    )
+    results = tmp_path / "eval"
+    code = test_script.main(
+        test_script.parse_args(
+            ["--checkpoint", str(output / "best.pt"), "--results-dir", str(results)]
+        )
+    )
+    assert code == 0
+    metrics = json.loads((results / "metrics.json").read_text())
+    assert metrics["metric"] == "voc07"
+    assert set(metrics["ap_per_class"]) == {"ellipse", "rectangle", "triangle", "star", "cross"}
+    assert {"forward_ms", "postprocess_ms", "fps"} <= set(metrics["speed"])
+    assert len(list(results.glob("comp4_det_test_*.txt"))) == 5
+    assert len(list(results.glob("pr_*.png"))) == 5
+    lines = (results / "comp4_det_test_star.txt").read_text().splitlines()
+    assert all(len(line.split()) == 6 for line in lines)
+    # The mAP of training's last evaluation, from the written files.
+    trained = json.loads((output / "results.json").read_text())
+    assert metrics["mAP"] == pytest.approx(trained["best_mAP"], abs=1e-9)
+    assert (
+        test_script.main(
+            test_script.parse_args(
+                [
+                    "--config",
+                    config,
+                    *tiny_train_overrides(tiny_shapes_root, output),
+                    "--eval-only",
+                    str(results),
+                    "--no-plots",
+                ]
+            )
+        )
+        == 0
+    )
+    assert json.loads((results / "metrics.json").read_text())["mAP"] == metrics["mAP"]
+    assert "mAP" in capsys.readouterr().out

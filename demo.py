@@ -1,0 +1,260 @@
+"""Run a detector on images, a folder, a glob, a video file or a webcam.
+
+    python demo.py --checkpoint runs/quickstart_shapes/best.pt datasets/shapes/JPEGImages
+    python demo.py --checkpoint runs/quickstart_shapes/best.pt "photos/*.jpg" --threshold 0.5
+    python demo.py --checkpoint runs/fssd300_voc/best.pt clip.mp4      # writes clip.mp4 annotated
+    python demo.py --checkpoint runs/fssd300_voc/best.pt 0 --show      # webcam 0 in a window
+
+Annotated images (and videos, same size and frame rate) go to ``--output`` (default
+``train.output_dir/demo``); ``--show`` displays them instead. Unreadable files and frames
+are reported and skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import logging
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from data.dataset import IMAGE_EXTENSIONS, BadSampleError, read_image
+from data.transforms import EvalTransform
+from models.build import build_model, build_postprocessor
+from models.weights import WeightsError, load_detector_weights
+from utils.checkpoint import CheckpointError, load_checkpoint
+from utils.config import (
+    ConfigError,
+    add_config_arguments,
+    apply_override,
+    config_from_dict,
+    load_config,
+)
+from utils.log import setup_logging
+from utils.visualize import draw_detections
+
+logger = logging.getLogger("demo")
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Draw a detector's detections on images, videos or a webcam stream.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
+    parser.add_argument(
+        "input",
+        help="an image, a folder, a glob pattern (quoted), a video file or a webcam index",
+    )
+    add_config_arguments(parser)
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        required=True,
+        help="weights: a checkpoint of this project (its config is used when --config is "
+        "not given) or an fssd.pytorch checkpoint with --config",
+    )
+    parser.add_argument("--output", type=Path, default=None, help="output folder")
+    parser.add_argument("--show", action="store_true", help="show results in a window")
+    parser.add_argument(
+        "--threshold", type=float, default=0.3, help="lowest score drawn (default 0.3)"
+    )
+    parser.add_argument(
+        "--topk", type=int, default=100, help="most detections kept per image (default 100)"
+    )
+    parser.add_argument(
+        "--class-names",
+        nargs="*",
+        default=None,
+        help="names of labels 1..C-1 (default: the checkpoint's)",
+    )
+    # Overrides may come before or after the options.
+    return parser.parse_intermixed_args(argv)
+
+
+class Detector:
+    """Model, post-processing and resizing for single images (RGB uint8)."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        checkpoint = None
+        try:
+            checkpoint = load_checkpoint(args.checkpoint)
+        except CheckpointError:
+            if args.config is None:
+                raise
+        if args.config is not None:
+            config = load_config(args.config, args.overrides)
+        else:
+            config = config_from_dict(checkpoint["config"], source=str(args.checkpoint))
+            for override in args.overrides:
+                config = apply_override(config, override)
+        config = apply_override(config, f"postprocess.max_detections={args.topk}")
+        self.class_names = args.class_names or (checkpoint or {}).get("class_names") or []
+        if not self.class_names:
+            self.class_names = [str(label) for label in range(1, config.model.num_classes)]
+        self.device = torch.device(
+            "cuda" if torch.cuda.is_available() and config.train.device != "cpu" else "cpu"
+        )
+        model = build_model(config, load_weights=False)
+        load_detector_weights(model, args.checkpoint)
+        self.model = model.to(self.device).eval()
+        self.postprocessor = build_postprocessor(config, model.priors_cxcywh).to(self.device)
+        self.resize = EvalTransform(config.model.image_size)
+        self.threshold = args.threshold
+        # The first call pays for kernel selection and allocation: keep it out of the FPS.
+        size = config.model.image_size
+        self(np.zeros((size, size, 3), dtype=np.uint8))
+
+    @torch.inference_mode()
+    def __call__(self, image: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The image with its detections drawn, and the detections (pixels)."""
+        height, width = image.shape[:2]
+        resized, _, _ = self.resize(image, np.zeros((0, 4), np.float32), np.zeros(0, np.int64))
+        tensor = torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1)))[None]
+        loc, conf = self.model(tensor.to(self.device))
+        [detection] = self.postprocessor(loc, conf)
+        scale = torch.tensor([width, height, width, height], device=self.device)
+        result = {
+            "boxes": (detection["boxes"] * scale).cpu().numpy(),
+            "scores": detection["scores"].cpu().numpy(),
+            "labels": detection["labels"].cpu().numpy(),
+        }
+        drawn = draw_detections(
+            image,
+            result["boxes"],
+            result["labels"],
+            result["scores"],
+            self.class_names,
+            score_threshold=self.threshold,
+        )
+        return drawn, result
+
+
+def image_paths(source: str) -> list[Path]:
+    """The images an input names: a file, a folder's images, or a glob's matches."""
+    path = Path(source)
+    if path.is_dir():
+        return sorted(item for item in path.iterdir() if item.suffix.lower() in IMAGE_EXTENSIONS)
+    if path.is_file():
+        return [path]
+    return sorted(
+        Path(item) for item in glob.glob(source) if Path(item).suffix.lower() in IMAGE_EXTENSIONS
+    )
+
+
+def is_video(source: str) -> bool:
+    return source.isdigit() or Path(source).suffix.lower() in VIDEO_EXTENSIONS
+
+
+def frames(capture: cv2.VideoCapture) -> Iterator[np.ndarray]:
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            return
+        yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+
+
+def show(window: str, image: np.ndarray) -> bool:
+    """Display an RGB image; False when the user pressed q or Esc."""
+    cv2.imshow(window, cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    return cv2.waitKey(1) & 0xFF not in (ord("q"), 27)
+
+
+def run_images(detector: Detector, paths: list[Path], output: Path, display: bool) -> float:
+    """Annotate each image; returns the average FPS over the images processed."""
+    total_seconds, processed = 0.0, 0
+    for path in tqdm(paths, desc="images", dynamic_ncols=True):
+        try:
+            image = read_image(path)
+        except BadSampleError as error:
+            logger.warning("%s (skipped)", error)
+            continue
+        start = time.perf_counter()
+        drawn, result = detector(image)
+        seconds = time.perf_counter() - start
+        total_seconds, processed = total_seconds + seconds, processed + 1
+        kept = int((result["scores"] >= detector.threshold).sum())
+        tqdm.write(f"{path.name}: {kept} detections, {1 / seconds:.1f} FPS")
+        if display:
+            if not show("demo", drawn):
+                break
+        else:
+            cv2.imwrite(str(output / f"{path.stem}.jpg"), cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
+    return processed / total_seconds if total_seconds else float("nan")
+
+
+def run_video(detector: Detector, source: str, output: Path, display: bool) -> float:
+    """Annotate each frame of a video or webcam; returns the average FPS."""
+    capture = cv2.VideoCapture(int(source) if source.isdigit() else source)
+    if not capture.isOpened():
+        raise FileNotFoundError(f"{source}: cannot open the video or webcam")
+    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+    width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
+    height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+    writer = None
+    if not display:
+        name = f"webcam{source}.mp4" if source.isdigit() else f"{Path(source).stem}.mp4"
+        writer = cv2.VideoWriter(
+            str(output / name), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height)
+        )
+    total_seconds, processed = 0.0, 0
+    progress = tqdm(frames(capture), total=total, desc="frames", dynamic_ncols=True)
+    try:
+        for frame in progress:
+            start = time.perf_counter()
+            drawn, _ = detector(frame)
+            seconds = time.perf_counter() - start
+            total_seconds, processed = total_seconds + seconds, processed + 1
+            progress.set_postfix(fps=f"{1 / seconds:.1f}", refresh=False)
+            if writer is not None:
+                writer.write(cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
+            elif not show("demo", drawn):
+                break
+    finally:
+        capture.release()
+        if writer is not None:
+            writer.release()
+    return processed / total_seconds if total_seconds else float("nan")
+
+
+def main(args: argparse.Namespace) -> int:
+    setup_logging(is_main=True)
+    detector = Detector(args)
+    output = args.output
+    if output is None and not args.show:
+        output = Path(load_checkpoint(args.checkpoint)["config"]["train"]["output_dir"]) / "demo"
+    if output is not None:
+        output.mkdir(parents=True, exist_ok=True)
+    if is_video(args.input):
+        average = run_video(detector, args.input, output, args.show)
+    else:
+        paths = image_paths(args.input)
+        if not paths:
+            raise FileNotFoundError(
+                f"{args.input}: no image, folder of images, glob match or video"
+            )
+        average = run_images(detector, paths, output, args.show)
+    print(
+        f"average {average:.1f} FPS on {detector.device}"
+        + (f"; results in {output}" if output else "")
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(parse_args()))
+    except (ConfigError, WeightsError, CheckpointError, FileNotFoundError) as error:
+        sys.exit(f"error: {error}")
+    except cv2.error as error:
+        sys.exit(f"error: OpenCV could not open a window or a file ({error.err})")

@@ -1,0 +1,82 @@
+import cv2
+import numpy as np
+import pytest
+
+import demo
+import train
+from tests.conftest import REPO_ROOT, tiny_train_overrides
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_shapes_root, tmp_path_factory):
+    output = tmp_path_factory.mktemp("run")
+    config = str(REPO_ROOT / "configs" / "quickstart_shapes.yaml")
+    arguments = [
+        "--config",
+        config,
+        *tiny_train_overrides(tiny_shapes_root, output),
+        "train.epochs=1",
+    ]
+    assert train.main(train.parse_args(arguments)) == 0
+    return output / "last.pt"
+
+
+def run_demo(*arguments):
+    return demo.main(demo.parse_args([str(argument) for argument in arguments]))
+
+
+def test_folder_of_images_with_an_unreadable_file(checkpoint, shared_dir, tmp_path, caplog, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for path in sorted((shared_dir / "data" / "demo_images").glob("*.jpg"))[:2]:
+        (folder / path.name).write_bytes(path.read_bytes())
+    (folder / "broken.jpg").write_bytes(b"not an image")
+    output = tmp_path / "out"
+    assert (
+        run_demo("--checkpoint", checkpoint, folder, "--output", output, "--threshold", "0.0") == 0
+    )
+    written = sorted(path.name for path in output.iterdir())
+    assert written == sorted(
+        path.name for path in folder.glob("*.jpg") if path.name != "broken.jpg"
+    )
+    assert cv2.imread(str(output / written[0])).shape == cv2.imread(str(folder / written[0])).shape
+    assert "broken.jpg: unreadable or corrupt image (skipped)" in caplog.text
+    out = capsys.readouterr().out
+    assert "average" in out and "FPS" in out
+
+
+def test_glob_and_single_image(checkpoint, tiny_shapes_root, tmp_path):
+    pattern = str(tiny_shapes_root / "JPEGImages" / "val_00000[0-2].jpg")
+    assert run_demo("--checkpoint", checkpoint, pattern, "--output", tmp_path / "glob") == 0
+    assert len(list((tmp_path / "glob").glob("*.jpg"))) == 3
+    single = tiny_shapes_root / "JPEGImages" / "val_000003.jpg"
+    assert run_demo("--checkpoint", checkpoint, single, "--output", tmp_path / "one") == 0
+    assert [path.name for path in (tmp_path / "one").iterdir()] == ["val_000003.jpg"]
+
+
+def test_video_keeps_frame_count_size_and_rate(checkpoint, tmp_path):
+    source = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(source), cv2.VideoWriter_fourcc(*"mp4v"), 7.0, (96, 80))
+    for index in range(6):
+        frame = np.full((80, 96, 3), 30 * index, dtype=np.uint8)
+        cv2.rectangle(frame, (10, 10), (50, 60), (255, 255, 255), -1)
+        writer.write(frame)
+    writer.release()
+    output = tmp_path / "out"
+    assert run_demo("--checkpoint", checkpoint, source, "--output", output, "--topk", "5") == 0
+    capture = cv2.VideoCapture(str(output / "clip.mp4"))
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 6
+    assert capture.get(cv2.CAP_PROP_FPS) == pytest.approx(7.0)
+    assert (capture.get(cv2.CAP_PROP_FRAME_WIDTH), capture.get(cv2.CAP_PROP_FRAME_HEIGHT)) == (
+        96,
+        80,
+    )
+    capture.release()
+
+
+def test_inputs_are_classified_and_empty_inputs_reported(checkpoint, tmp_path):
+    assert demo.is_video("0") and demo.is_video("clip.MP4")
+    assert not demo.is_video("photo.jpg")
+    pattern = str(tmp_path / "nothing_here_*.png")
+    with pytest.raises(FileNotFoundError, match="no image, folder of images, glob match or video"):
+        run_demo("--checkpoint", checkpoint, pattern, "--output", tmp_path / "out")

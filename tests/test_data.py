@@ -18,6 +18,17 @@ def voc_mini(shared_dir, split="all", policy="stop"):
     )
 
 
+def voc_mini_coco(shared_dir):
+    root = shared_dir / "data" / "voc_mini"
+    return read_coco(
+        root / "annotations" / "instances_voc_mini.json",
+        root / "VOC2012" / "JPEGImages",
+        VOC_CLASSES,
+        ProblemReport("stop"),
+        keep_empty=True,
+    )
+
+
 def test_voc_reader_reads_the_devkit_layout(shared_dir):
     records = voc_mini(shared_dir)
     assert len(records) == 100
@@ -34,14 +45,7 @@ def test_voc_reader_reads_the_devkit_layout(shared_dir):
 
 
 def test_coco_reader_matches_the_voc_annotations(shared_dir):
-    root = shared_dir / "data" / "voc_mini"
-    records = read_coco(
-        root / "annotations" / "instances_voc_mini.json",
-        root / "VOC2012" / "JPEGImages",
-        VOC_CLASSES,
-        ProblemReport("stop"),
-        keep_empty=True,
-    )
+    records = voc_mini_coco(shared_dir)
     assert len(records) == 100
     assert sum(record.num_objects for record in records) == 273
     by_name = {record.image_path.name: record for record in voc_mini(shared_dir)}

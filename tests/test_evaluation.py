@@ -9,12 +9,10 @@ from pycocotools.cocoeval import COCOeval
 
 import test as test_script
 import train
-from data.coco import read_coco
-from data.dataset import ProblemReport
 from data.voc import VOC_CLASSES
 from tests.conftest import REPO_ROOT, tiny_train_overrides
-from tests.test_data import voc_mini
-from tests.test_metrics import classic_voc_eval
+from tests.test_data import voc_mini, voc_mini_coco
+from utils.eval_benchmark import classic_voc_ap
 from utils.evaluation import (
     COCO_STAT_NAMES,
     coco_results,
@@ -66,14 +64,7 @@ def test_coco_numbers_equal_pycocotools_run_directly(shared_dir):
 def test_coco_results_from_records_round_trip(shared_dir):
     """Detections as test.py holds them (per record, xyxy) give the same numbers."""
     truth, entries = shared_coco_detections(shared_dir)
-    root = shared_dir / "data" / "voc_mini"
-    records = read_coco(
-        root / "annotations" / "instances_voc_mini.json",
-        root / "VOC2012" / "JPEGImages",
-        VOC_CLASSES,
-        ProblemReport("stop"),
-        keep_empty=True,
-    )
+    records = voc_mini_coco(shared_dir)
     name_of = {category["id"]: category["name"] for category in truth.dataset["categories"]}
     position = {record.extra["coco_id"]: index for index, record in enumerate(records)}
     detections = [{"boxes": [], "scores": [], "labels": []} for _ in records]
@@ -129,8 +120,8 @@ def test_voc_numbers_equal_an_independent_computation(shared_dir, tmp_path, use_
         gt_images = np.concatenate([np.full(len(boxes), i) for i, boxes, _ in gt])
         gt_boxes = np.concatenate([boxes for _, boxes, _ in gt])
         gt_difficult = np.concatenate([difficult for _, _, difficult in gt])
-        expected = classic_voc_eval(det_images, det_scores, det_boxes, gt_images, gt_boxes,
-                                    gt_difficult, 0.5, use_07_metric, True)  # fmt: skip
+        expected = classic_voc_ap(det_images, det_scores, det_boxes, gt_images, gt_boxes,
+                                  gt_difficult, use_07_metric=use_07_metric)  # fmt: skip
         assert result["ap_per_class"][name] == pytest.approx(expected, abs=1e-9), name
         aps.append(expected)
     assert result["mAP"] == pytest.approx(np.mean(aps), abs=1e-9)

@@ -1,57 +1,8 @@
 import numpy as np
 import pytest
 
-from utils.metrics import average_precision, evaluate_class, evaluate_voc
-
-
-def classic_voc_eval(det_images, det_scores, det_boxes, gt_images, gt_boxes, gt_difficult,
-                     iou_threshold, use_07_metric, inclusive):  # fmt: skip
-    """The per-detection loop of the devkit's Python port (voc_eval.py), kept as the
-    independent reference (with a stable sort, as the MATLAB devkit's sort)."""
-    num_positives = int((~gt_difficult).sum())
-    order = np.argsort(-det_scores, kind="stable")
-    images = {}
-    for image in np.unique(gt_images):
-        mask = gt_images == image
-        images[image] = {
-            "boxes": gt_boxes[mask],
-            "difficult": gt_difficult[mask],
-            "taken": np.zeros(mask.sum(), dtype=bool),
-        }
-    tp, fp = np.zeros(len(order)), np.zeros(len(order))
-    extra = 1.0 if inclusive else 0.0
-    for rank, index in enumerate(order):
-        box, best = det_boxes[index], -np.inf
-        entry = images.get(det_images[index])
-        if entry is not None:
-            gts = entry["boxes"]
-            iw = np.maximum(
-                np.minimum(gts[:, 2], box[2]) - np.maximum(gts[:, 0], box[0]) + extra, 0
-            )
-            ih = np.maximum(
-                np.minimum(gts[:, 3], box[3]) - np.maximum(gts[:, 1], box[1]) + extra, 0
-            )
-            inter = iw * ih
-            union = (
-                (box[2] - box[0] + extra) * (box[3] - box[1] + extra)
-                + (gts[:, 2] - gts[:, 0] + extra) * (gts[:, 3] - gts[:, 1] + extra)
-                - inter
-            )
-            with np.errstate(invalid="ignore", divide="ignore"):
-                overlaps = inter / union
-            best, best_index = overlaps.max(), overlaps.argmax()
-        if best > iou_threshold:
-            if not entry["difficult"][best_index]:
-                if not entry["taken"][best_index]:
-                    tp[rank], entry["taken"][best_index] = 1, True
-                else:
-                    fp[rank] = 1
-        else:
-            fp[rank] = 1
-    tp, fp = np.cumsum(tp), np.cumsum(fp)
-    recall = tp / num_positives
-    precision = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
-    return average_precision(recall, precision, use_07_metric)
+from utils.eval_benchmark import classic_voc_ap
+from utils.metrics import evaluate_class, evaluate_voc
 
 
 @pytest.mark.parametrize("use_07_metric", [True, False])
@@ -71,7 +22,7 @@ def test_vectorised_evaluator_equals_the_classic_loop(use_07_metric, inclusive):
         det_boxes = gt_boxes[source] + rng.normal(0, 6, (num_det, 4)).round()
         det_scores = rng.random(num_det).round(2)  # ties on purpose
         arguments = (det_images, det_scores, det_boxes, gt_images, gt_boxes, gt_difficult)
-        expected = classic_voc_eval(*arguments, 0.5, use_07_metric, inclusive)
+        expected = classic_voc_ap(*arguments, use_07_metric=use_07_metric, inclusive=inclusive)
         result = evaluate_class(*arguments, use_07_metric=use_07_metric, inclusive=inclusive)
         assert result.ap == pytest.approx(expected, abs=1e-12)
 

@@ -48,51 +48,79 @@ def synthetic_voc(images: int, detections_per_image: int, seed: int = 0) -> tupl
     return ground_truth, detections
 
 
-def classic_class_ap(ground_truth: list, detections: list, label: int) -> float:
-    """voc_eval.py's loop for one class (1-based inclusive pixels, VOC07 11-point AP)."""
-    recs, num_positives = {}, 0
-    for image, item in enumerate(ground_truth):
-        mask = item["labels"] == label
-        recs[image] = {
-            "boxes": item["boxes"][mask],
-            "difficult": item["difficult"][mask],
+def classic_voc_ap(
+    det_images: np.ndarray,
+    det_scores: np.ndarray,
+    det_boxes: np.ndarray,
+    gt_images: np.ndarray,
+    gt_boxes: np.ndarray,
+    gt_difficult: np.ndarray,
+    *,
+    iou_threshold: float = 0.5,
+    use_07_metric: bool = True,
+    inclusive: bool = True,
+) -> float:
+    """AP of one class by voc_eval.py's per-detection loop (with a stable sort, as the
+    MATLAB devkit's): the independent reference the vectorised evaluator is tested and
+    timed against. Arguments as :func:`utils.metrics.evaluate_class`."""
+    num_positives = int((~gt_difficult).sum())
+    images = {}
+    for image in np.unique(gt_images):
+        mask = gt_images == image
+        images[image] = {
+            "boxes": gt_boxes[mask],
+            "difficult": gt_difficult[mask],
             "taken": np.zeros(int(mask.sum()), dtype=bool),
         }
-        num_positives += int((~item["difficult"][mask]).sum())
-    image_ids, scores, boxes = [], [], []
-    for image, item in enumerate(detections):
-        mask = item["labels"] == label
-        image_ids += [image] * int(mask.sum())
-        scores.append(item["scores"][mask])
-        boxes.append(item["boxes"][mask])
-    scores, boxes = np.concatenate(scores), np.concatenate(boxes)
-    order = np.argsort(-scores, kind="stable")
+    order = np.argsort(-det_scores, kind="stable")
     tp, fp = np.zeros(len(order)), np.zeros(len(order))
+    extra = 1.0 if inclusive else 0.0
     for rank, index in enumerate(order):
-        rec, box, best = recs[image_ids[index]], boxes[index], -np.inf
-        gts = rec["boxes"]
-        if gts.size:
-            iw = np.maximum(np.minimum(gts[:, 2], box[2]) - np.maximum(gts[:, 0], box[0]) + 1, 0)
-            ih = np.maximum(np.minimum(gts[:, 3], box[3]) - np.maximum(gts[:, 1], box[1]) + 1, 0)
+        box, best, entry = det_boxes[index], -np.inf, images.get(det_images[index])
+        if entry is not None:
+            gts = entry["boxes"]
+            iw = np.maximum(
+                np.minimum(gts[:, 2], box[2]) - np.maximum(gts[:, 0], box[0]) + extra, 0
+            )
+            ih = np.maximum(
+                np.minimum(gts[:, 3], box[3]) - np.maximum(gts[:, 1], box[1]) + extra, 0
+            )
             inter = iw * ih
             union = (
-                (box[2] - box[0] + 1) * (box[3] - box[1] + 1)
-                + (gts[:, 2] - gts[:, 0] + 1) * (gts[:, 3] - gts[:, 1] + 1)
+                (box[2] - box[0] + extra) * (box[3] - box[1] + extra)
+                + (gts[:, 2] - gts[:, 0] + extra) * (gts[:, 3] - gts[:, 1] + extra)
                 - inter
             )
-            overlaps = inter / union
+            with np.errstate(invalid="ignore", divide="ignore"):
+                overlaps = inter / union
             best, best_index = overlaps.max(), overlaps.argmax()
-        if best > 0.5:
-            if not rec["difficult"][best_index]:
-                if not rec["taken"][best_index]:
-                    tp[rank], rec["taken"][best_index] = 1, True
+        if best > iou_threshold:
+            if not entry["difficult"][best_index]:
+                if not entry["taken"][best_index]:
+                    tp[rank], entry["taken"][best_index] = 1, True
                 else:
                     fp[rank] = 1
         else:
             fp[rank] = 1
     tp, fp = np.cumsum(tp), np.cumsum(fp)
     precision = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
-    return average_precision(tp / num_positives, precision, use_07_metric=True)
+    return average_precision(tp / num_positives, precision, use_07_metric)
+
+
+def classic_class_ap(ground_truth: list, detections: list, label: int) -> float:
+    """:func:`classic_voc_ap` of one class of per-image lists (VOC07, devkit pixels)."""
+
+    def gather(items: list, key: str) -> tuple[np.ndarray, np.ndarray]:
+        masks = [item["labels"] == label for item in items]
+        images = np.concatenate([np.full(int(mask.sum()), i) for i, mask in enumerate(masks)])
+        values = np.concatenate([item[key][mask] for item, mask in zip(items, masks, strict=True)])
+        return images, values
+
+    gt_images, gt_boxes = gather(ground_truth, "boxes")
+    _, gt_difficult = gather(ground_truth, "difficult")
+    det_images, det_boxes = gather(detections, "boxes")
+    _, det_scores = gather(detections, "scores")
+    return classic_voc_ap(det_images, det_scores, det_boxes, gt_images, gt_boxes, gt_difficult)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from data.dataset import IMAGE_EXTENSIONS, BadSampleError, read_image
 from data.transforms import EvalTransform
 from models.build import build_model, build_postprocessor
+from models.folding import fold_batchnorm
 from models.weights import WeightsError, load_detector_weights
 from utils.checkpoint import CheckpointError, load_checkpoint
 from utils.config import (
@@ -72,6 +73,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--topk", type=int, default=100, help="most detections kept per image (default 100)"
     )
     parser.add_argument(
+        "--fold-bn",
+        action="store_true",
+        help="fold BatchNorm into the preceding convs (same outputs, faster)",
+    )
+    parser.add_argument(
         "--class-names",
         nargs="*",
         default=None,
@@ -106,7 +112,10 @@ class Detector:
         )
         model = build_model(config, load_weights=False)
         load_detector_weights(model, args.checkpoint)
-        self.model = model.to(self.device).eval()
+        model.eval()
+        if args.fold_bn:
+            fold_batchnorm(model)
+        self.model = model.to(self.device)
         self.postprocessor = build_postprocessor(config, model.priors_cxcywh).to(self.device)
         self.resize = EvalTransform(config.model.image_size)
         self.threshold = args.threshold

@@ -31,6 +31,7 @@ from data.loader import (
     val_annotation_file,
 )
 from models.build import build_model, build_postprocessor
+from models.folding import fold_batchnorm
 from models.weights import WeightsError, load_detector_weights
 from utils.checkpoint import CheckpointError, load_checkpoint
 from utils.config import (
@@ -85,6 +86,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="where results, metrics.json and plots go (default: train.output_dir/eval)",
     )
     parser.add_argument("--no-plots", action="store_true", help="skip the per-class PR plots")
+    parser.add_argument(
+        "--fold-bn",
+        action="store_true",
+        help="fold BatchNorm into the preceding convs before inference (same outputs, faster)",
+    )
     # Overrides may come before or after the options.
     return parser.parse_intermixed_args(argv)
 
@@ -138,6 +144,9 @@ def main(args: argparse.Namespace) -> int:
         model = build_model(config, load_weights=args.checkpoint is None)
         if args.checkpoint is not None:
             load_detector_weights(model, args.checkpoint)
+        model.eval()
+        if args.fold_bn:
+            logger.info("folded %d BatchNorm layers into convs", fold_batchnorm(model))
         model = model.to(device)
         postprocessor = build_postprocessor(config, model.priors_cxcywh).to(device)
         detections, timing = predict(

@@ -94,9 +94,11 @@ class Detector:
         checkpoint = None
         try:
             checkpoint = load_checkpoint(args.checkpoint)
-        except CheckpointError:
+        except CheckpointError as error:
             if args.config is None:
-                raise
+                raise CheckpointError(
+                    f"{error}; for weights without a config (e.g. fssd.pytorch) give --config too"
+                ) from error
         if args.config is not None:
             config = load_config(args.config, args.overrides)
         else:
@@ -119,6 +121,7 @@ class Detector:
         self.postprocessor = build_postprocessor(config, model.priors_cxcywh).to(self.device)
         self.resize = EvalTransform(config.model.image_size)
         self.threshold = args.threshold
+        self.output_dir = Path(config.train.output_dir) / "demo"
         # The first call pays for kernel selection and allocation: keep it out of the FPS.
         size = config.model.image_size
         self(np.zeros((size, size, 3), dtype=np.uint8))
@@ -241,7 +244,7 @@ def main(args: argparse.Namespace) -> int:
     detector = Detector(args)
     output = args.output
     if output is None and not args.show:
-        output = Path(load_checkpoint(args.checkpoint)["config"]["train"]["output_dir"]) / "demo"
+        output = detector.output_dir
     if output is not None:
         output.mkdir(parents=True, exist_ok=True)
     if is_video(args.input):

@@ -101,7 +101,12 @@ def resolve_config(args: argparse.Namespace) -> Config:
         return load_config(args.config, args.overrides)
     if args.checkpoint is None:
         raise ConfigError("give --config, or --checkpoint of this project (it holds its config)")
-    checkpoint = load_checkpoint(args.checkpoint)
+    try:
+        checkpoint = load_checkpoint(args.checkpoint)
+    except CheckpointError as error:
+        raise CheckpointError(
+            f"{error}; for weights without a config (e.g. fssd.pytorch) give --config too"
+        ) from error
     config = config_from_dict(checkpoint["config"], source=str(args.checkpoint))
     for override in args.overrides:
         config = apply_override(config, override)

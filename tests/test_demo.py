@@ -82,3 +82,19 @@ def test_inputs_are_classified_and_empty_inputs_reported(checkpoint, tmp_path):
     pattern = str(tmp_path / "nothing_here_*.png")
     with pytest.raises(FileNotFoundError, match="no image, folder of images, glob match or video"):
         run_demo("--checkpoint", checkpoint, pattern, "--output", tmp_path / "out")
+
+
+def test_fssd_pytorch_style_weights_need_and_use_a_config(checkpoint, tiny_shapes_root, tmp_path):
+    import torch
+
+    from utils.checkpoint import CheckpointError
+
+    # Weights alone (as other projects save them): the config must come from --config.
+    weights = tmp_path / "weights_only.pth"
+    torch.save(torch.load(checkpoint, weights_only=True)["model"], weights)
+    image = tiny_shapes_root / "JPEGImages" / "val_000000.jpg"
+    with pytest.raises(CheckpointError, match="give --config too"):
+        run_demo("--checkpoint", weights, image, "--output", tmp_path / "out")
+    saved = checkpoint.parent / "config.yaml"
+    assert run_demo("--checkpoint", weights, "--config", saved, image) == 0
+    assert (checkpoint.parent / "demo" / "val_000000.jpg").is_file()

@@ -27,16 +27,14 @@ from tqdm import tqdm
 
 from data.dataset import IMAGE_EXTENSIONS, BadSampleError, read_image
 from data.transforms import EvalTransform
-from models.build import build_model, build_postprocessor
+from models.build import build_postprocessor, build_trained_model
 from models.folding import fold_batchnorm
-from models.weights import WeightsError, load_detector_weights
-from utils.checkpoint import CheckpointError, load_checkpoint
+from models.weights import WeightsError
+from utils.checkpoint import CheckpointError, config_and_checkpoint
 from utils.config import (
     ConfigError,
     add_config_arguments,
     apply_override,
-    config_from_dict,
-    load_config,
 )
 from utils.log import setup_logging
 from utils.visualize import draw_detections
@@ -91,20 +89,7 @@ class Detector:
     """Model, post-processing and resizing for single images (RGB uint8)."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        checkpoint = None
-        try:
-            checkpoint = load_checkpoint(args.checkpoint)
-        except CheckpointError as error:
-            if args.config is None:
-                raise CheckpointError(
-                    f"{error}; for weights without a config (e.g. fssd.pytorch) give --config too"
-                ) from error
-        if args.config is not None:
-            config = load_config(args.config, args.overrides)
-        else:
-            config = config_from_dict(checkpoint["config"], source=str(args.checkpoint))
-            for override in args.overrides:
-                config = apply_override(config, override)
+        config, checkpoint = config_and_checkpoint(args.config, args.overrides, args.checkpoint)
         config = apply_override(config, f"postprocess.max_detections={args.topk}")
         self.class_names = args.class_names or (checkpoint or {}).get("class_names") or []
         if not self.class_names:
@@ -112,8 +97,7 @@ class Detector:
         self.device = torch.device(
             "cuda" if torch.cuda.is_available() and config.train.device != "cpu" else "cpu"
         )
-        model = build_model(config, load_weights=False)
-        load_detector_weights(model, args.checkpoint)
+        model = build_trained_model(config, args.checkpoint, checkpoint)
         model.eval()
         if args.fold_bn:
             fold_batchnorm(model)

@@ -30,17 +30,13 @@ from data.loader import (
     resolve_class_names,
     val_annotation_file,
 )
-from models.build import build_model, build_postprocessor
+from models.build import build_model, build_postprocessor, build_trained_model
 from models.folding import fold_batchnorm
-from models.weights import WeightsError, load_detector_weights
-from utils.checkpoint import CheckpointError, load_checkpoint
+from models.weights import WeightsError
+from utils.checkpoint import CheckpointError, config_and_checkpoint
 from utils.config import (
-    Config,
     ConfigError,
     add_config_arguments,
-    apply_override,
-    config_from_dict,
-    load_config,
 )
 from utils.engine import predict
 from utils.evaluation import (
@@ -95,24 +91,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_intermixed_args(argv)
 
 
-def resolve_config(args: argparse.Namespace) -> Config:
-    """The config from --config, else the one a checkpoint of this project holds."""
-    if args.config is not None:
-        return load_config(args.config, args.overrides)
-    if args.checkpoint is None:
-        raise ConfigError("give --config, or --checkpoint of this project (it holds its config)")
-    try:
-        checkpoint = load_checkpoint(args.checkpoint)
-    except CheckpointError as error:
-        raise CheckpointError(
-            f"{error}; for weights without a config (e.g. fssd.pytorch) give --config too"
-        ) from error
-    config = config_from_dict(checkpoint["config"], source=str(args.checkpoint))
-    for override in args.overrides:
-        config = apply_override(config, override)
-    return config
-
-
 def print_table(result: dict[str, Any]) -> None:
     width = max([len(name) for name in result["ap_per_class"]] + [5])
     print(f"{'class':<{width}}  AP ({result['metric']})")
@@ -125,7 +103,7 @@ def print_table(result: dict[str, Any]) -> None:
 
 def main(args: argparse.Namespace) -> int:
     setup_logging(is_main=True)
-    config = resolve_config(args)
+    config, checkpoint = config_and_checkpoint(args.config, args.overrides, args.checkpoint)
     if len(config.data.val_sets) != 1 and config.eval.metric == "coco":
         raise ConfigError(
             "the COCO metric scores one annotation file: give one data.val_sets entry"
@@ -146,9 +124,10 @@ def main(args: argparse.Namespace) -> int:
         device = torch.device(
             "cuda" if torch.cuda.is_available() and config.train.device != "cpu" else "cpu"
         )
-        model = build_model(config, load_weights=args.checkpoint is None)
         if args.checkpoint is not None:
-            load_detector_weights(model, args.checkpoint)
+            model = build_trained_model(config, args.checkpoint, checkpoint)
+        else:
+            model = build_model(config)
         model.eval()
         if args.fold_bn:
             logger.info("folded %d BatchNorm layers into convs", fold_batchnorm(model))

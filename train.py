@@ -3,6 +3,7 @@
     python train.py --config configs/quickstart_shapes.yaml [section.key=value ...]
     torchrun --nproc_per_node 4 train.py --config configs/fssd300_voc.yaml
     python train.py --resume runs/quickstart/last.pt
+    python train.py --config configs/quickstart_shapes.yaml --init pruned.pt   # fine-tune
 
 Everything goes into ``train.output_dir``: the resolved ``config.yaml``, ``last.pt``
 (every ``train.checkpoint_interval`` epochs and on SIGINT/SIGTERM), ``best.pt`` (best
@@ -39,11 +40,14 @@ from data.loader import (
     val_annotation_file,
 )
 from models.build import build_loss, build_model, build_postprocessor
-from models.weights import WeightsError
+from models.pruning import PruningError, prunable_norm_names
+from models.weights import WeightsError, load_detector_weights
 from utils.checkpoint import (
     CheckpointError,
     capture_rng_state,
+    channel_widths,
     load_checkpoint,
+    read_project_checkpoint,
     restore_rng_state,
     save_checkpoint,
 )
@@ -101,6 +105,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(overrides still apply, e.g. train.epochs=200 to extend it)",
     )
     parser.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        metavar="CHECKPOINT",
+        help="start from these weights with a fresh optimiser and schedule (fine-tuning); "
+        "a pruned checkpoint brings its channel widths, so the model is rebuilt pruned",
+    )
+    parser.add_argument(
         "--sparsity",
         type=float,
         default=None,
@@ -121,6 +133,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def resolve_config(args: argparse.Namespace) -> tuple[Config, dict[str, Any] | None]:
     """The run's config and, when resuming, the checkpoint to resume from."""
     checkpoint = None
+    if args.init is not None and args.resume is not None:
+        raise ConfigError("--init starts a new run and --resume continues one: give one")
     if args.resume is None:
         config = load_config(args.config, args.overrides)
     else:
@@ -202,7 +216,7 @@ def main(args: argparse.Namespace) -> int:
     context = init_distributed(use_cuda)
     setup_logging(context.is_main)
     try:
-        training = TrainingRun(config, checkpoint, context)
+        training = TrainingRun(config, checkpoint, context, init=args.init)
         stop = StopRequest()
         previous_handlers = install_signal_handlers(stop)
         try:
@@ -218,8 +232,14 @@ class TrainingRun:
     """Everything one training run holds: data, model, optimiser, state, outputs."""
 
     def __init__(
-        self, config: Config, checkpoint: dict[str, Any] | None, context: DistributedContext
+        self,
+        config: Config,
+        checkpoint: dict[str, Any] | None,
+        context: DistributedContext,
+        *,
+        init: Path | None = None,
     ) -> None:
+        """``checkpoint`` resumes a run; ``init`` names weights to start from instead."""
         self.start_time = time.perf_counter()
         self.config = config
         self.context = context
@@ -259,11 +279,33 @@ class TrainingRun:
             config.train.epochs,
         )
 
-        self.model = build_model(config, load_weights=checkpoint is None).to(self.device)
+        self.channel_widths = channel_widths(
+            checkpoint if init is None else read_project_checkpoint(init)
+        )
+        self.model = build_model(
+            config,
+            load_weights=checkpoint is None and init is None,
+            channel_widths=self.channel_widths,
+        )
+        if init is not None:
+            load_detector_weights(self.model, init)
+            logger.info(
+                "initialised from %s%s", init, " (pruned widths)" if self.channel_widths else ""
+            )
+        self.model = self.model.to(self.device)
         if config.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        sparse_norm_names = prunable_norm_names(self.model) if config.train.sparsity > 0 else []
+        if config.train.sparsity > 0 and not sparse_norm_names:
+            raise ConfigError(
+                "train.sparsity needs BatchNorm layers to make sparse; this model has "
+                "none that can be pruned (set model.batch_norm=true)"
+            )
         if context.is_distributed and config.train.sync_bn:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        # Looked up after the SyncBatchNorm conversion, which replaces the modules.
+        modules = dict(self.model.named_modules())
+        self.sparse_norms = [modules[name] for name in sparse_norm_names]
         self.loss_fn = build_loss(config, self.model.priors_cxcywh).to(self.device)
         self.postprocessor = build_postprocessor(config, self.model.priors_cxcywh).to(self.device)
         self.optimizer = build_optimizer(self.model, config.solver)
@@ -313,6 +355,7 @@ class TrainingRun:
             state = {
                 "config": config_to_dict(self.config),
                 "class_names": self.class_names,
+                "channel_widths": self.channel_widths,
                 "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
@@ -399,6 +442,7 @@ class TrainingRun:
                     channels_last=config.train.channels_last,
                     grad_clip_norm=config.solver.grad_clip_norm,
                     sparsity=config.train.sparsity,
+                    sparse_norms=self.sparse_norms,
                     mixup_prob=config.train.mixup_prob,
                     mixup_alpha=config.train.mixup_alpha,
                     seed=config.train.seed,
@@ -425,7 +469,9 @@ class TrainingRun:
                     return 0
                 epochs_done = epoch + 1
                 if config.train.sparsity > 0:
-                    self.writer.histogram("bn_scales", bn_scales(self.model), state.iteration)
+                    self.writer.histogram(
+                        "bn_scales", bn_scales(self.sparse_norms), state.iteration
+                    )
                 if (
                     epochs_done % config.train.checkpoint_interval == 0
                     or epochs_done == config.train.epochs
@@ -491,7 +537,14 @@ class TrainingRun:
 if __name__ == "__main__":
     try:
         sys.exit(main(parse_args()))
-    except (ConfigError, DataError, WeightsError, CheckpointError, BadSampleError) as error:
+    except (
+        ConfigError,
+        DataError,
+        WeightsError,
+        CheckpointError,
+        BadSampleError,
+        PruningError,
+    ) as error:
         sys.exit(f"error: {error}")
     except KeyboardInterrupt:
         sys.exit("interrupted")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -15,6 +18,7 @@ from models.detector import InputNormalizer, SingleShotDetector
 from models.fssd import FeatureFusion, FeaturePyramid, FSSDFeatures
 from models.heads import MultiBoxHead
 from models.mobilenet import MobileNetV2Backbone
+from models.pruning import apply_channel_widths
 from models.resnet import ResNetBackbone
 from models.ssd import ExtraLayers, SSDFeatures
 from models.vgg import VGG16Backbone, scale_width
@@ -129,13 +133,19 @@ def measure_feature_map_sizes(features: nn.Module, image_size: int) -> list[tupl
     return sizes
 
 
-def build_model(config: Config, *, load_weights: bool = True) -> SingleShotDetector:
+def build_model(
+    config: Config,
+    *,
+    load_weights: bool = True,
+    channel_widths: Mapping[str, int] | None = None,
+) -> SingleShotDetector:
     """The detector described by ``config.model`` with priors from ``config.priors``.
 
     Feature-map sizes are measured, the priors generated for them, and the head's
-    output count checked against the prior count. With ``load_weights``, the configured
-    backbone or detector weights are loaded (``model.weights`` wins over
-    ``model.backbone_weights``).
+    output count checked against the prior count. ``channel_widths`` (from a pruned
+    checkpoint) shrinks the channel groups they name. With ``load_weights``, the
+    configured backbone or detector weights are loaded (``model.weights`` wins over
+    ``model.backbone_weights``); a pruned model takes its weights from its checkpoint.
     """
     model_config = config.model
     backbone = build_backbone(model_config)
@@ -163,8 +173,23 @@ def build_model(config: Config, *, load_weights: bool = True) -> SingleShotDetec
     num_outputs = count_head_outputs(model, model_config.image_size)
     if num_outputs != priors.shape[0]:
         raise AssertionError(f"head predicts {num_outputs} boxes for {priors.shape[0]} priors")
-    if load_weights:
+    if channel_widths:
+        apply_channel_widths(model, channel_widths)
+    elif load_weights:
         _load_configured_weights(model, model_config)
+    return model
+
+
+def build_trained_model(
+    config: Config, weights: str | Path, checkpoint: Mapping[str, Any] | None
+) -> SingleShotDetector:
+    """The model of a checkpoint (``checkpoint`` is its contents when it is this
+    project's, carrying the widths of a pruned model) with its weights loaded from
+    ``weights`` (this project's or fssd.pytorch's format)."""
+    model = build_model(
+        config, load_weights=False, channel_widths=(checkpoint or {}).get("channel_widths")
+    )
+    load_detector_weights(model, weights)
     return model
 
 

@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = REPO_ROOT.parent / "shared"
@@ -65,3 +66,16 @@ def tiny_train_overrides(root: Path, output_dir: Path) -> list[str]:
         "solver.warmup_iterations=4",
         "solver.warmup_factor=0.1",
     ]
+
+
+def randomise_batchnorm(model: nn.Module, seed: int = 0) -> None:
+    """BN statistics and affine parameters far from their identity initialisation."""
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            size = module.num_features
+            with torch.no_grad():
+                module.running_mean.copy_(torch.randn(size, generator=generator))
+                module.running_var.copy_(torch.rand(size, generator=generator) + 0.5)
+                module.weight.copy_(torch.randn(size, generator=generator))
+                module.bias.copy_(torch.randn(size, generator=generator))

@@ -4,21 +4,8 @@ from torch import nn
 
 from models.build import build_model
 from models.folding import fold_batchnorm
-from tests.conftest import REPO_ROOT, TINY_MODEL
+from tests.conftest import REPO_ROOT, TINY_MODEL, randomise_batchnorm
 from utils.config import load_config
-
-
-def randomise_batchnorm(model: nn.Module, seed: int = 0) -> None:
-    """BN statistics and affine parameters far from their identity initialisation."""
-    generator = torch.Generator().manual_seed(seed)
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            size = module.num_features
-            with torch.no_grad():
-                module.running_mean.copy_(torch.randn(size, generator=generator))
-                module.running_var.copy_(torch.rand(size, generator=generator) + 0.5)
-                module.weight.copy_(torch.randn(size, generator=generator))
-                module.bias.copy_(torch.randn(size, generator=generator))
 
 
 @pytest.mark.parametrize(

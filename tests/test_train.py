@@ -240,7 +240,7 @@ def test_sparsity_adds_the_l1_subgradient():
         model[1].weight.copy_(torch.tensor([0.5, -0.2, 0.0, 2.0]))
     model(torch.randn(2, 3, 4, 4)).sum().backward()
     before = model[1].weight.grad.clone()
-    add_bn_sparsity_gradient(model, 0.01)
+    add_bn_sparsity_gradient([model[1]], 0.01)
     expected = before + 0.01 * torch.tensor([1.0, -1.0, 0.0, 1.0])
     torch.testing.assert_close(model[1].weight.grad, expected)
 

@@ -1,8 +1,9 @@
 """Checkpoints: written atomically, read with ``weights_only=True``.
 
 A checkpoint holds everything to rebuild and resume: the resolved config (which records
-the architecture, widths and pixel format), class names, model, optimizer, scheduler,
-scaler, the global iteration, the best metric and the random states.
+the architecture, widths and pixel format), the channel widths of a pruned model, class
+names, model, optimizer, scheduler, scaler, the global iteration, the best metric and
+the random states.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from utils.config import Config, ConfigError, apply_override, config_from_dict, load_config
 
 
 class CheckpointError(RuntimeError):
@@ -52,6 +55,46 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise CheckpointError(f"{path}: not a checkpoint of this project (no model/config)")
     return state
+
+
+def config_and_checkpoint(
+    config_path: str | Path | None, overrides: list[str], checkpoint_path: str | Path | None
+) -> tuple[Config, dict[str, Any] | None]:
+    """What the evaluation scripts run: the config from ``config_path``, else the one
+    the checkpoint holds (with ``overrides`` either way), and the checkpoint when it is
+    one of this project (None for weights of another project, which need a config).
+    """
+    checkpoint = None
+    if checkpoint_path is not None:
+        try:
+            checkpoint = load_checkpoint(checkpoint_path)
+        except CheckpointError as error:
+            if config_path is None:
+                raise CheckpointError(
+                    f"{error}; for weights without a config (e.g. fssd.pytorch) give --config too"
+                ) from error
+    if config_path is not None:
+        return load_config(config_path, overrides), checkpoint
+    if checkpoint is None:
+        raise ConfigError("give --config, or --checkpoint of this project (it holds its config)")
+    config = config_from_dict(checkpoint["config"], source=str(checkpoint_path))
+    for override in overrides:
+        config = apply_override(config, override)
+    return config, checkpoint
+
+
+def read_project_checkpoint(path: str | Path) -> dict[str, Any] | None:
+    """:func:`load_checkpoint`, or None when ``path`` is a weights file of another
+    project (an fssd.pytorch state dict); errors about it come when it is loaded."""
+    try:
+        return load_checkpoint(path)
+    except CheckpointError:
+        return None
+
+
+def channel_widths(checkpoint: dict[str, Any] | None) -> dict[str, int]:
+    """The channel widths a pruned checkpoint stores (empty for an unpruned model)."""
+    return dict((checkpoint or {}).get("channel_widths") or {})
 
 
 def capture_rng_state() -> dict[str, Any]:

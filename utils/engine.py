@@ -88,21 +88,16 @@ def mixup_batch(
     return mixed, mixed_boxes, mixed_labels
 
 
-def add_bn_sparsity_gradient(model: nn.Module, strength: float) -> None:
+def add_bn_sparsity_gradient(norms: Sequence[nn.BatchNorm2d], strength: float) -> None:
     """Network slimming's L1 penalty on BatchNorm scales: grad += strength * sign(gamma)."""
-    for module in model.modules():
-        weight = module.weight if isinstance(module, nn.BatchNorm2d) else None
-        if weight is not None and weight.grad is not None:
-            weight.grad.add_(torch.sign(weight.detach()), alpha=strength)
+    for norm in norms:
+        if norm.weight.grad is not None:
+            norm.weight.grad.add_(torch.sign(norm.weight.detach()), alpha=strength)
 
 
-def bn_scales(model: nn.Module) -> Tensor:
-    """|gamma| of every BatchNorm layer, concatenated (for the slimming histogram)."""
-    scales = [
-        module.weight.detach().abs().flatten()
-        for module in model.modules()
-        if isinstance(module, nn.BatchNorm2d) and module.weight is not None
-    ]
+def bn_scales(norms: Sequence[nn.BatchNorm2d]) -> Tensor:
+    """|gamma| of the given BatchNorm layers, concatenated (for the slimming histogram)."""
+    scales = [norm.weight.detach().abs().flatten() for norm in norms]
     return torch.cat(scales) if scales else torch.zeros(0)
 
 
@@ -124,6 +119,7 @@ def train_one_epoch(
     channels_last: bool = False,
     grad_clip_norm: float = 0.0,
     sparsity: float = 0.0,
+    sparse_norms: Sequence[nn.BatchNorm2d] = (),
     mixup_prob: float = 0.0,
     mixup_alpha: float = 1.5,
     seed: int = 0,
@@ -174,7 +170,7 @@ def train_one_epoch(
         if sparsity > 0 or grad_clip_norm > 0:
             scaler.unscale_(optimizer)
         if sparsity > 0:
-            add_bn_sparsity_gradient(model, sparsity)
+            add_bn_sparsity_gradient(sparse_norms, sparsity)
         if grad_clip_norm > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm)
         scaler.step(optimizer)

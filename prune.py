@@ -1,0 +1,224 @@
+"""Network slimming, stage 2: remove the channels with the smallest BatchNorm scales.
+
+    python train.py --config configs/quickstart_shapes.yaml --sparsity 1e-3 \\
+        train.output_dir=runs/slim_sparsity                                   # stage 1
+    python prune.py --checkpoint runs/slim_sparsity/best.pt --ratio 0.5 \\
+        --out runs/slim_sparsity/pruned.pt --benchmark                       # stage 2
+    python train.py --config configs/quickstart_shapes.yaml \\
+        --init runs/slim_sparsity/pruned.pt train.output_dir=runs/slim_finetune  # stage 3
+
+The threshold is global: the ``--ratio`` fraction of all prunable channels with the
+smallest |gamma| go, except that every layer keeps at least ``--min-keep`` of its
+channels. What is prunable on each architecture (VGG trunk, ResNet block interiors,
+MobileNetV2 expansions, extras, fusion, pyramid) is described in ``models/pruning.py``.
+The output checkpoint stores the channel widths next to the weights, so ``test.py``,
+``demo.py`` and ``train.py --init/--resume`` rebuild the pruned model from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import io
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+from models.build import build_postprocessor, build_trained_model, count_flops, count_parameters
+from models.detector import SingleShotDetector
+from models.folding import fold_batchnorm
+from models.pruning import PruningError, channel_groups, prune_channels, select_channels
+from models.weights import WeightsError
+from utils.checkpoint import CheckpointError, config_and_checkpoint, save_checkpoint
+from utils.config import ConfigError, add_config_arguments, config_to_dict
+from utils.log import setup_logging
+from utils.timing import median_ms, time_interleaved
+
+logger = logging.getLogger("prune")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Prune the channels of a BatchNorm detector with the smallest scales.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
+    add_config_arguments(parser)
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        required=True,
+        help="the trained (ideally sparsity-trained) checkpoint to prune",
+    )
+    parser.add_argument(
+        "--ratio",
+        type=float,
+        default=0.5,
+        help="fraction of all prunable channels to remove (default 0.5)",
+    )
+    parser.add_argument(
+        "--min-keep",
+        type=float,
+        default=0.1,
+        help="every layer keeps at least this fraction of its channels (default 0.1)",
+    )
+    parser.add_argument(
+        "--multiple-of",
+        type=int,
+        default=1,
+        help="round each layer's kept channels up to a multiple of this (e.g. 8 for GPUs)",
+    )
+    parser.add_argument(
+        "--no-compensation",
+        action="store_true",
+        help="do not move the constant output of pruned channels (ReLU of their BN "
+        "shift) into the next layer's bias",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="pruned checkpoint to write (default: CHECKPOINT's folder, pruned_<ratio>.pt)",
+    )
+    parser.add_argument(
+        "--benchmark",
+        action="store_true",
+        help="also time batch-1 inference of the model before and after pruning (and "
+        "with BatchNorm folded), interleaved in this process",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=50, help="timed calls per model for --benchmark"
+    )
+    parser.add_argument(
+        "--show-layers", action="store_true", help="print every layer's width before and after"
+    )
+    return parser.parse_intermixed_args(argv)
+
+
+def state_dict_megabytes(model: torch.nn.Module) -> float:
+    """Size of the model's weights as ``torch.save`` writes them, in MB (10^6 bytes)."""
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.getbuffer().nbytes / 1e6
+
+
+def describe(model: SingleShotDetector, image_size: int) -> dict[str, float]:
+    return {
+        "params": count_parameters(model),
+        "megabytes": state_dict_megabytes(model),
+        "gflops": count_flops(model, image_size) / 1e9,
+    }
+
+
+def benchmark(
+    models: dict[str, SingleShotDetector],
+    postprocessor: torch.nn.Module,
+    image_size: int,
+    repeats: int,
+) -> dict[str, dict[str, float]]:
+    """Batch-1 forward and forward + post-processing latency (median ms) per model, all
+    timed in one interleaved loop so that they share the machine's noise."""
+    images = torch.randint(0, 256, (1, 3, image_size, image_size), dtype=torch.uint8)
+    functions = {}
+    for name, model in models.items():
+        functions[f"{name}/forward_ms"] = lambda model=model: model(images)
+        functions[f"{name}/end_to_end_ms"] = lambda model=model: postprocessor(*model(images))
+    with torch.inference_mode():
+        times = time_interleaved(functions, device=torch.device("cpu"), warmup=5, repeats=repeats)
+    results: dict[str, dict[str, float]] = {name: {} for name in models}
+    for key, seconds in times.items():
+        name, measure = key.split("/")
+        results[name][measure] = median_ms(seconds)
+    return results
+
+
+def main(args: argparse.Namespace) -> int:
+    setup_logging(is_main=True)
+    config, checkpoint = config_and_checkpoint(args.config, args.overrides, args.checkpoint)
+    model = build_trained_model(config, args.checkpoint, checkpoint).eval()
+    image_size = config.model.image_size
+    original = copy.deepcopy(model) if args.benchmark else None
+    before = describe(model, image_size)
+
+    groups = channel_groups(model)
+    keep = select_channels(
+        groups, args.ratio, min_keep_fraction=args.min_keep, multiple_of=args.multiple_of
+    )
+    widths_before = {group.name: group.width for group in groups}
+    scores = torch.cat([group.scores() for group in groups])
+    num_pruned = round(args.ratio * scores.numel())
+    threshold = float(torch.sort(scores).values[num_pruned - 1]) if num_pruned else 0.0
+    widths = prune_channels(groups, keep, compensate=not args.no_compensation)
+    after = describe(model, image_size)
+
+    if args.show_layers:
+        name_width = max(len(name) for name in widths)
+        for name, width in widths.items():
+            print(f"{name:<{name_width}}  {widths_before[name]:>5} -> {width:>5}")
+    kept, total = sum(widths.values()), sum(widths_before.values())
+    print(
+        f"pruned {total - kept} of {total} channels ({(total - kept) / total:.1%}) in "
+        f"{len(groups)} layers; global |gamma| threshold {threshold:.4g}"
+    )
+    print(f"{'':<12}{'before':>14}{'after':>14}{'ratio':>9}")
+    for key, label, fmt in (
+        ("params", "params", "{:,.0f}"),
+        ("megabytes", "size (MB)", "{:.2f}"),
+        ("gflops", "GFLOPs", "{:.3f}"),
+    ):
+        print(
+            f"{label:<12}{fmt.format(before[key]):>14}{fmt.format(after[key]):>14}"
+            f"{after[key] / before[key]:>9.3f}"
+        )
+
+    out = args.out or args.checkpoint.parent / f"pruned_{args.ratio:g}.pt"
+    previous_widths = (checkpoint or {}).get("channel_widths") or {}
+    save_checkpoint(
+        {
+            "config": config_to_dict(config),
+            "class_names": (checkpoint or {}).get("class_names") or [],
+            "channel_widths": {**previous_widths, **widths},
+            "model": model.state_dict(),
+            "pruning": {
+                "source": str(args.checkpoint),
+                "ratio": args.ratio,
+                "threshold": threshold,
+                "min_keep_fraction": args.min_keep,
+                "multiple_of": args.multiple_of,
+                "compensation": not args.no_compensation,
+            },
+        },
+        out,
+    )
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB on disk)")
+
+    if original is not None:
+        folded = copy.deepcopy(model)
+        fold_batchnorm(folded)
+        postprocessor = build_postprocessor(config, model.priors_cxcywh)
+        timings = benchmark(
+            {"unpruned": original, "pruned": model, "pruned+folded": folded},
+            postprocessor,
+            image_size,
+            args.repeats,
+        )
+        reference = timings["unpruned"]
+        print(f"batch-1 CPU latency ({torch.get_num_threads()} threads, median of {args.repeats})")
+        print(f"{'':<15}{'forward ms':>12}{'speed-up':>10}{'+post ms':>10}{'speed-up':>10}")
+        for name, timing in timings.items():
+            print(
+                f"{name:<15}{timing['forward_ms']:>12.2f}"
+                f"{reference['forward_ms'] / timing['forward_ms']:>9.2f}x"
+                f"{timing['end_to_end_ms']:>10.2f}"
+                f"{reference['end_to_end_ms'] / timing['end_to_end_ms']:>9.2f}x"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(parse_args()))
+    except (ConfigError, CheckpointError, WeightsError, PruningError) as error:
+        sys.exit(f"error: {error}")

@@ -1,0 +1,267 @@
+import pytest
+import torch
+from torch import nn
+
+import prune as prune_script
+import test as test_script
+import train
+from layers.blocks import ConvBNReLU
+from models.build import build_model, count_parameters
+from models.pruning import (
+    ChannelGroup,
+    PruningError,
+    Reader,
+    apply_channel_widths,
+    channel_groups,
+    prunable_norm_names,
+    prune_channels,
+    select_channels,
+    zero_pruned_channels,
+)
+from tests.conftest import REPO_ROOT, TINY_MODEL, randomise_batchnorm, tiny_train_overrides
+from utils.checkpoint import load_checkpoint, save_checkpoint
+from utils.config import config_to_dict, load_config
+
+ARCHITECTURES = [
+    (None, TINY_MODEL, 96),
+    ("fssd300_resnet50_voc.yaml", ["model.backbone=resnet18", "model.width_multiplier=0.125"], 288),
+    ("ssdlite320_mobilenetv2_voc.yaml", ["model.width_multiplier=0.25"], 320),
+    ("ssd300_resnet50_voc.yaml", ["model.width_multiplier=0.125"], 300),
+    ("ssd300_vgg16_voc.yaml", ["model.width_multiplier=0.125", "model.batch_norm=true"], 300),
+]
+ARCHITECTURE_IDS = [
+    "fssd_vgg16_bn",
+    "fssd_resnet18",
+    "ssdlite_mobilenetv2",
+    "ssd_resnet50",
+    "ssd_vgg16_bn_l2norm",
+]
+
+
+def build(config_name, overrides, size, **kwargs):
+    path = REPO_ROOT / "configs" / config_name if config_name else None
+    return build_model(load_config(path, [*overrides, f"model.image_size={size}"]), **kwargs)
+
+
+def outputs(model, images):
+    with torch.no_grad():
+        return model(images)
+
+
+def assert_same_outputs(actual, expected):
+    for got, want in zip(actual, expected, strict=True):
+        tolerance = 1e-5 * float(want.abs().max())
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=tolerance)
+
+
+@pytest.mark.parametrize("config_name, overrides, size", ARCHITECTURES, ids=ARCHITECTURE_IDS)
+def test_pruned_model_equals_the_zeroed_model(config_name, overrides, size):
+    """Zero the scale and shift of the channels to prune: they then carry zeros, so
+    removing them must not change the outputs. Wrong surgery (a wrong concat offset,
+    a reader left unsliced, a depthwise conv out of step) would."""
+    model = build(config_name, overrides, size)
+    randomise_batchnorm(model)
+    model.eval()
+    images = torch.rand(2, 3, size, size) * 255
+    groups = channel_groups(model)
+    keep = select_channels(groups, 0.5)
+    unpruned_outputs = outputs(model, images)
+    zero_pruned_channels(groups, keep)
+    zeroed_outputs = outputs(model, images)
+    # The pruned channels mattered before they were zeroed.
+    assert not torch.allclose(unpruned_outputs[1], zeroed_outputs[1], rtol=1e-3, atol=1e-3)
+    params_before = count_parameters(model)
+    widths_before = sum(group.width for group in groups)
+
+    widths = prune_channels(groups, keep)
+
+    assert widths == {name: int(indices.numel()) for name, indices in keep.items()}
+    assert sum(widths.values()) < 0.6 * widths_before
+    assert count_parameters(model) < params_before
+    assert_same_outputs(outputs(model, images), zeroed_outputs)
+
+
+def test_fusion_readers_keep_the_concat_offsets():
+    model = build(None, TINY_MODEL, 96).eval()
+    groups = channel_groups(model)
+    fusion = model.features.fusion
+    pyramid_conv = model.features.pyramid.layers[0].conv
+    original = pyramid_conv.weight.detach().clone()
+    keep = {group.name: torch.arange(group.width) for group in groups}
+    expected_inputs, offset = [], 0
+    for index, transform in enumerate(fusion.transforms):
+        width = transform.out_channels
+        kept = torch.arange(index % 2, width, 3)  # a different pattern per source
+        keep[f"features.fusion.transforms.{index}"] = kept
+        expected_inputs.append(offset + kept)
+        offset += width
+
+    prune_channels(groups, keep)
+
+    assert torch.equal(pyramid_conv.weight, original[:, torch.cat(expected_inputs)])
+    assert fusion.out_channels == pyramid_conv.in_channels == sum(map(len, expected_inputs))
+
+
+def fake_group(name: str, scores: list[float]) -> ChannelGroup:
+    norm = nn.BatchNorm2d(len(scores))
+    with torch.no_grad():
+        norm.weight.copy_(torch.tensor(scores))
+    return ChannelGroup(name=name, convs=[nn.Conv2d(1, len(scores), 1)], norms=[norm])
+
+
+def test_global_threshold_with_a_minimum_per_layer():
+    groups = [
+        fake_group("a", [0.9, -0.1, 0.5, 0.05]),
+        fake_group("b", [0.2, 0.3, 0.01, -0.7, 0.6, 0.4]),
+        fake_group("c", [0.02, 0.03, 0.04, 0.06]),
+    ]
+    # 14 channels, ratio 0.5: the 7 smallest |gamma| are 0.01 (b), 0.02 0.03 0.04 (c),
+    # 0.05 (a), 0.06 (c), 0.1 (a). Layer c would vanish; it keeps its best channel.
+    keep = select_channels(groups, 0.5, min_keep_fraction=0.1)
+    assert {name: indices.tolist() for name, indices in keep.items()} == {
+        "a": [0, 2],
+        "b": [0, 1, 3, 4, 5],
+        "c": [3],
+    }
+    # A larger minimum and rounding up to multiples of 4 (capped at the width).
+    keep = select_channels(groups, 0.5, min_keep_fraction=0.5, multiple_of=4)
+    assert {name: indices.tolist() for name, indices in keep.items()} == {
+        "a": [0, 1, 2, 3],
+        "b": [0, 1, 2, 3, 4, 5],
+        "c": [0, 1, 2, 3],
+    }
+    assert {name: len(indices) for name, indices in select_channels(groups, 0.0).items()} == {
+        "a": 4,
+        "b": 6,
+        "c": 4,
+    }
+    with pytest.raises(PruningError, match="ratio"):
+        select_channels(groups, 1.0)
+
+
+def test_the_constant_output_of_pruned_channels_moves_into_the_readers():
+    torch.manual_seed(0)
+    producer = ConvBNReLU(3, 4, 1, batch_norm=True)
+    reader_bn = ConvBNReLU(4, 2, 1, batch_norm=True)
+    reader_bias = nn.Conv2d(4, 5, 1)
+    for block in (producer, reader_bn):
+        randomise_batchnorm(block, seed=1)
+    with torch.no_grad():
+        # Channel 1 is off but has a positive shift (ReLU passes 0.7 on), channel 3 a
+        # negative one (ReLU gives 0).
+        producer.bn.weight[[1, 3]] = 0.0
+        producer.bn.bias[[1, 3]] = torch.tensor([0.7, -0.4])
+    producer.eval(), reader_bn.eval()
+
+    def group() -> ChannelGroup:
+        return ChannelGroup(
+            name="producer",
+            convs=[producer.conv],
+            norms=[producer.bn],
+            readers=[
+                Reader(conv=reader_bn.conv, norm=reader_bn.bn),
+                Reader(conv=reader_bias),
+            ],
+        )
+
+    x = torch.randn(2, 3, 5, 5)
+
+    def forward():
+        with torch.no_grad():
+            hidden = producer(x)
+            return reader_bn(hidden), reader_bias(hidden)
+
+    expected = forward()
+    prune_channels([group()], {"producer": torch.tensor([0, 2])})
+    assert producer.out_channels == reader_bn.conv.in_channels == reader_bias.in_channels == 2
+    # 1x1 convs have no padded border, so the compensation is exact.
+    assert_same_outputs(forward(), expected)
+
+
+def test_no_compensation_drops_the_constant():
+    producer = ConvBNReLU(3, 2, 1, batch_norm=True)
+    reader = nn.Conv2d(2, 1, 1)
+    with torch.no_grad():
+        producer.bn.weight[1], producer.bn.bias[1] = 0.0, 0.5
+    group = ChannelGroup(
+        name="p", convs=[producer.conv], norms=[producer.bn], readers=[Reader(conv=reader)]
+    )
+    bias = reader.bias.detach().clone()
+    prune_channels([group], {"p": torch.tensor([0])}, compensate=False)
+    assert torch.equal(reader.bias, bias)
+
+
+def test_widths_rebuild_the_pruned_model():
+    config = load_config(None, TINY_MODEL)
+    model = build_model(config)
+    randomise_batchnorm(model)
+    model.eval()
+    groups = channel_groups(model)
+    widths = prune_channels(groups, select_channels(groups, 0.5))
+
+    rebuilt = build_model(config, channel_widths=widths)
+    rebuilt.load_state_dict(model.state_dict())  # strict: every shape matches
+    rebuilt.eval()
+    images = torch.rand(1, 3, 96, 96) * 255
+    assert_same_outputs(outputs(rebuilt, images), outputs(model, images))
+
+    with pytest.raises(PruningError, match=r"features\.nothing"):
+        apply_channel_widths(build_model(config), {"features.nothing": 3})
+    name = next(iter(widths))
+    with pytest.raises(PruningError, match="outside"):
+        apply_channel_widths(build_model(config), {name: 0})
+
+
+def test_residual_streams_are_left_alone():
+    model = build("fssd300_resnet50_voc.yaml", ["model.backbone=resnet50"], 300)
+    names = set(prunable_norm_names(model))
+    block = "features.backbone.layer2.0"
+    assert {f"{block}.bn1", f"{block}.bn2"} <= names
+    assert f"{block}.bn3" not in names and f"{block}.downsample.1" not in names
+    assert "features.backbone.bn1" not in names
+    assert "features.fusion.transforms.0.bn" in names
+
+
+def test_models_without_batchnorm_cannot_be_pruned():
+    model = build("ssd300_vgg16_voc.yaml", ["model.width_multiplier=0.125"], 300)
+    with pytest.raises(PruningError, match="no prunable channels"):
+        select_channels(channel_groups(model), 0.5)
+
+
+def test_prune_then_evaluate_and_fine_tune(tiny_shapes_root, tmp_path, capsys):
+    """The three stages through the scripts: the pruned checkpoint carries its widths
+    into test.py, train.py --init and a resumed fine-tuning run."""
+    overrides = tiny_train_overrides(tiny_shapes_root, tmp_path / "finetune")
+    config = load_config(None, overrides)
+    model = build_model(config)
+    randomise_batchnorm(model)
+    source = tmp_path / "trained.pt"
+    save_checkpoint(
+        {"config": config_to_dict(config), "class_names": ["a"], "model": model.state_dict()},
+        source,
+    )
+    pruned = tmp_path / "pruned.pt"
+    arguments = ["--checkpoint", str(source), "--ratio", "0.5", "--out", str(pruned)]
+    arguments += ["--benchmark", "--repeats", "2"]
+    assert prune_script.main(prune_script.parse_args(arguments)) == 0
+    printed = capsys.readouterr().out
+    assert "params" in printed and "GFLOPs" in printed and "pruned+folded" in printed
+    checkpoint = load_checkpoint(pruned)
+    widths = checkpoint["channel_widths"]
+    assert checkpoint["class_names"] == ["a"] and checkpoint["pruning"]["ratio"] == 0.5
+    assert sum(widths.values()) < sum(group.width for group in channel_groups(model))
+    shapes = {key: value.shape for key, value in checkpoint["model"].items()}
+
+    evaluation = ["--checkpoint", str(pruned), "--no-plots", "--results-dir", str(tmp_path)]
+    assert test_script.main(test_script.parse_args([*evaluation, *overrides])) == 0
+
+    run = ["--config", str(REPO_ROOT / "configs" / "quickstart_shapes.yaml"), *overrides]
+    assert train.main(train.parse_args([*run, "--init", str(pruned), "--stop-at", "2"])) == 0
+    stopped = load_checkpoint(tmp_path / "finetune" / "last.pt")
+    assert stopped["channel_widths"] == widths
+    assert {key: value.shape for key, value in stopped["model"].items()} == shapes
+    assert train.main(train.parse_args(["--resume", str(tmp_path / "finetune" / "last.pt")])) == 0
+    assert load_checkpoint(tmp_path / "finetune" / "last.pt")["iteration"] == 6
+
+    with pytest.raises(train.ConfigError, match="--init"):
+        train.resolve_config(train.parse_args([*run, "--init", str(pruned), "--resume"]))

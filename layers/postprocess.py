@@ -1,11 +1,10 @@
-"""From raw head outputs to per-image detections: softmax, decode, top-k, class-aware NMS."""
+"""From raw head outputs to per-image detections: softmax, top-k, decode, class-aware NMS."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import batched_nms
 
 from layers.box_coding import DEFAULT_VARIANCES, decode
 
@@ -23,9 +22,15 @@ def postprocess(
 ) -> list[dict[str, Tensor]]:
     """Detections for a batch, computed for all images and classes at once.
 
-    Per image and class, the ``pre_nms_topk`` highest-scoring priors above
-    ``score_threshold`` go through NMS (``torchvision.ops.batched_nms`` keyed by image
-    and class); each image then keeps its ``max_detections`` best boxes.
+    The result is that of the reference's loop: per image and class, the
+    ``pre_nms_topk`` highest-scoring priors above ``score_threshold`` go through greedy
+    NMS; each image then keeps its ``max_detections`` best survivors. It is computed
+    without looking at most candidates: a box's fate in NMS depends only on
+    higher-scoring boxes of its class, so running NMS on each image's ``M`` best
+    (prior, class) scores gives the exact survivors among them. When at least
+    ``max_detections`` survive, or the ``M`` include every score above the threshold,
+    the answer is complete; otherwise ``M`` doubles (rare: it starts at 1.5 x
+    ``max_detections``). Shapes are fixed within a round; the host waits once per round.
 
     Args:
         loc_pred: ``[B, P, 4]`` predicted offsets.
@@ -41,47 +46,87 @@ def postprocess(
         One dict per image: ``boxes`` ``[D, 4]`` normalised xyxy clipped to [0, 1],
         ``scores`` ``[D]`` sorted descending, ``labels`` ``[D]`` int64 in 1..C-1.
     """
-    batch_size, num_priors, num_classes = conf_logits.shape
-    device = conf_logits.device
+    batch_size, _, num_classes = conf_logits.shape
+    num_foreground = num_classes - 1
     scores = F.softmax(conf_logits.float(), dim=-1)[:, :, 1:]  # [B, P, C-1]
-    boxes = decode(loc_pred.float(), priors_cxcywh, variances).clamp(0.0, 1.0)  # [B, P, 4]
+    flat_scores = scores.reshape(batch_size, -1)  # [B, P*(C-1)], index = prior*(C-1)+class
+    total = flat_scores.shape[1]
+    budget = min(total, max(max_detections * 3 // 2, 1))
+    while True:
+        top_scores, top_index = flat_scores.topk(budget, dim=1)  # [B, M], sorted
+        prior_index = top_index // num_foreground
+        class_index = top_index % num_foreground  # [B, M], 0-based foreground class
+        # Rank of each candidate within its class (all higher-scoring boxes of the class
+        # are among the M, so this is its rank among all priors).
+        one_hot = F.one_hot(class_index, num_foreground)  # [B, M, C-1]
+        class_rank = (one_hot.cumsum(dim=1) * one_hot).sum(dim=2) - 1  # [B, M]
+        valid = (top_scores > score_threshold) & (class_rank < pre_nms_topk)
+        offsets = torch.gather(loc_pred.float(), 1, prior_index[:, :, None].expand(-1, -1, 4))
+        priors = priors_cxcywh.float()[prior_index]  # [B, M, 4]
+        boxes = decode(offsets, priors, variances).clamp(0.0, 1.0)  # [B, M, 4]
+        keep = nms_keep_mask(boxes, class_index, valid, nms_iou_threshold)  # [B, M]
+        complete = (keep.sum(dim=1) >= max_detections) | (top_scores[:, -1] <= score_threshold)
+        if budget == total or bool(complete.all()):
+            break
+        budget = min(total, 2 * budget)
 
-    num_candidates = min(pre_nms_topk, num_priors)
-    top_scores, top_index = scores.transpose(1, 2).topk(num_candidates, dim=2)  # [B, C-1, K]
-    top_boxes = torch.gather(
-        boxes, 1, top_index.reshape(batch_size, -1, 1).expand(-1, -1, 4)
-    )  # [B, (C-1)*K, 4]
-    image_ids = torch.arange(batch_size, device=device)[:, None, None].expand_as(top_index)
-    labels = torch.arange(1, num_classes, device=device)[None, :, None].expand_as(top_index)
-
-    keep_mask = top_scores.reshape(-1) > score_threshold
-    flat_boxes = top_boxes.reshape(-1, 4)[keep_mask]
-    flat_scores = top_scores.reshape(-1)[keep_mask]
-    flat_images = image_ids.reshape(-1)[keep_mask]
-    flat_labels = labels.reshape(-1)[keep_mask]
-
-    keep = batched_nms(
-        flat_boxes, flat_scores, flat_images * num_classes + flat_labels, nms_iou_threshold
-    )  # sorted by decreasing score
-    # Group by image while keeping score order inside each image, then cap per image.
-    keep = keep[torch.argsort(flat_images[keep], stable=True)]
-    kept_images = flat_images[keep]
-    counts = torch.bincount(kept_images, minlength=batch_size)
-    starts = torch.cumsum(counts, dim=0) - counts
-    rank_in_image = torch.arange(keep.numel(), device=device) - starts[kept_images]
-    keep = keep[rank_in_image < max_detections]
-    counts = counts.clamp(max=max_detections)
-
-    split_sizes = counts.tolist()
+    survivor_scores = torch.where(keep, top_scores, -1.0)
+    num_kept = min(max_detections, budget)
+    best_scores, best = survivor_scores.topk(num_kept, dim=1)  # [B, D], sorted
+    best_boxes = torch.gather(boxes, 1, best[:, :, None].expand(-1, -1, 4))  # [B, D, 4]
+    best_labels = torch.gather(class_index, 1, best) + 1  # [B, D]
+    counts = (best_scores >= 0).sum(dim=1).tolist()
     return [
-        {"boxes": image_boxes, "scores": image_scores, "labels": image_labels}
-        for image_boxes, image_scores, image_labels in zip(
-            flat_boxes[keep].split(split_sizes),
-            flat_scores[keep].split(split_sizes),
-            flat_labels[keep].split(split_sizes),
-            strict=True,
-        )
+        {
+            "boxes": best_boxes[image, :count],
+            "scores": best_scores[image, :count],
+            "labels": best_labels[image, :count],
+        }
+        for image, count in enumerate(counts)
     ]
+
+
+def nms_keep_mask(boxes: Tensor, labels: Tensor, valid: Tensor, iou_threshold: float) -> Tensor:
+    """Greedy class-aware NMS in each row of a batch, as tensor operations.
+
+    Args:
+        boxes: ``[B, M, 4]`` xyxy, each row sorted by decreasing score.
+        labels: ``[B, M]`` classes; boxes of different classes never suppress each other.
+        valid: ``[B, M]`` candidates taking part.
+        iou_threshold: a box is suppressed by a kept higher-scoring box of its class
+            with IoU above it.
+
+    Returns:
+        ``[B, M]`` bool, the boxes kept (a subset of ``valid``).
+
+    With ``over[i, j]`` = "box i scores higher than box j, has its class and overlaps it
+    above the threshold", greedy NMS keeps exactly the fixed point of ``keep_j = valid_j
+    and no kept i has over[i, j]``. Iterating from "all valid kept" settles at least
+    one more box per round in score order, so the iteration reaches the greedy result;
+    suppression chains are short, so it takes a few rounds. Convergence is checked every
+    4 rounds (a host synchronisation on GPUs).
+    """
+    x1, y1, x2, y2 = boxes.unbind(-1)  # [B, M] each
+    area = (x2 - x1) * (y2 - y1)
+    width = torch.minimum(x2[:, :, None], x2[:, None, :]) - torch.maximum(
+        x1[:, :, None], x1[:, None, :]
+    )
+    height = torch.minimum(y2[:, :, None], y2[:, None, :]) - torch.maximum(
+        y1[:, :, None], y1[:, None, :]
+    )
+    inter = width.clamp_(min=0) * height.clamp_(min=0)  # [B, M, M]
+    # IoU > t  <=>  inter * (1 + t) > t * (area_i + area_j), without a division.
+    over = inter * (1 + iou_threshold) > (area[:, :, None] + area[:, None, :]) * iou_threshold
+    over &= labels[:, :, None] == labels[:, None, :]
+    over &= valid[:, :, None]
+    over = over.triu_(diagonal=1)
+    keep = valid
+    for round_index in range(1, boxes.shape[1] + 1):
+        updated = valid & ~(keep[:, :, None] & over).any(dim=1)
+        if round_index % 4 == 0 and torch.equal(updated, keep):
+            break
+        keep = updated
+    return keep
 
 
 class PostProcessor(nn.Module):

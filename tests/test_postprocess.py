@@ -2,9 +2,10 @@ import math
 
 import pytest
 import torch
+from torchvision.ops import batched_nms, nms
 
-from layers.box_coding import xyxy_to_cxcywh
-from layers.postprocess import PostProcessor, postprocess
+from layers.box_coding import decode, xyxy_to_cxcywh
+from layers.postprocess import PostProcessor, nms_keep_mask, postprocess
 from tests.conftest import random_priors
 
 # Priors 0 and 1 overlap at IoU 0.9; prior 2 lies apart.
@@ -73,6 +74,83 @@ def test_batch_equals_images_alone_on_random_outputs():
         assert (alone["scores"][:-1] >= alone["scores"][1:]).all()
         assert alone["labels"].min() >= 1 and alone["labels"].max() <= 5
         assert alone["boxes"].min() >= 0 and alone["boxes"].max() <= 1
+
+
+def reference_detections(loc, logits, priors, *, threshold, topk, iou, cap):
+    """The reference's loop (fssd.pytorch's Detect): per image, per class, threshold,
+    top-k, NMS; then the image's best ``cap``. Written independently of the module."""
+    results = []
+    for image in range(loc.shape[0]):
+        boxes = decode(loc[image], priors).clamp(0, 1)
+        scores = torch.softmax(logits[image], dim=-1)
+        found = []
+        for label in range(1, logits.shape[2]):
+            class_scores, order = scores[:, label].sort(descending=True)
+            order = order[:topk][class_scores[:topk] > threshold]
+            for index in nms(boxes[order], scores[order, label], iou).tolist():
+                found.append((float(scores[order[index], label]), label, boxes[order[index]]))
+        found.sort(key=lambda item: -item[0])
+        results.append(found[:cap])
+    return results
+
+
+@pytest.mark.parametrize("threshold", [0.01, 0.3])
+def test_equals_the_reference_loop(threshold):
+    generator = torch.Generator().manual_seed(2)
+    priors = random_priors(400, generator)
+    loc = torch.randn(3, 400, 4, generator=generator) * 0.5
+    logits = torch.randn(3, 400, 5, generator=generator) * 2
+    settings = {"threshold": threshold, "topk": 60, "iou": 0.45, "cap": 100}
+    expected = reference_detections(loc, logits, priors, **settings)
+    actual = postprocess(loc, logits, priors, score_threshold=threshold, pre_nms_topk=60,
+                         nms_iou_threshold=0.45, max_detections=100)  # fmt: skip
+    for want, got in zip(expected, actual, strict=True):
+        assert len(got["scores"]) == len(want) > 0
+        torch.testing.assert_close(got["scores"], torch.tensor([item[0] for item in want]))
+        assert got["labels"].tolist() == [item[1] for item in want]
+        torch.testing.assert_close(got["boxes"], torch.stack([item[2] for item in want]))
+
+
+def test_nms_mask_equals_torchvision_nms():
+    generator = torch.Generator().manual_seed(3)
+    rows, count = 6, 120
+    centres = torch.rand(rows, count, 2, generator=generator)
+    sizes = 0.05 + 0.3 * torch.rand(rows, count, 2, generator=generator)
+    boxes = torch.cat([centres - sizes / 2, centres + sizes / 2], dim=-1)
+    scores = torch.rand(rows, count, generator=generator).sort(dim=1, descending=True).values
+    labels = torch.randint(0, 3, (rows, count), generator=generator)
+    valid = torch.rand(rows, count, generator=generator) < 0.9
+    for threshold in (0.1, 0.45, 0.7):
+        keep = nms_keep_mask(boxes, labels, valid, threshold)
+        suppressed = 0
+        for row in range(rows):
+            candidates = torch.nonzero(valid[row]).flatten()
+            kept = batched_nms(
+                boxes[row, candidates], scores[row, candidates], labels[row, candidates], threshold
+            )
+            expected = sorted(candidates[kept].tolist())
+            assert torch.nonzero(keep[row]).flatten().tolist() == expected
+            assert len(expected) > 0
+            suppressed += len(candidates) - len(expected)
+        assert suppressed > 0
+
+
+def test_heavy_suppression_widens_the_search():
+    """Many near-identical boxes: most candidates are suppressed, so the first round
+    (twice max_detections) finds too few survivors and the search must widen."""
+    generator = torch.Generator().manual_seed(4)
+    priors = torch.tensor([[0.5, 0.5, 0.2, 0.2]]).repeat(300, 1)
+    priors[:, :2] += 0.002 * torch.randn(300, 2, generator=generator)
+    priors[:150, 0] += 0.4  # two clusters
+    priors[150:, 0] -= 0.4
+    loc = torch.zeros(1, 300, 4)
+    logits = torch.randn(1, 300, 3, generator=generator)
+    settings = {"threshold": 0.01, "topk": 200, "iou": 0.45, "cap": 5}
+    [want] = reference_detections(loc, logits, priors, **settings)
+    [got] = postprocess(loc, logits, priors, max_detections=5)
+    assert len(want) == len(got["scores"]) == 4  # one box per class and cluster
+    torch.testing.assert_close(got["scores"], torch.tensor([item[0] for item in want]))
+    assert got["labels"].tolist() == [item[1] for item in want]
 
 
 def test_module_binds_priors_and_settings():

@@ -1,0 +1,131 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import benchmark
+from data.transforms import EvalTransform
+from models.build import build_model, build_postprocessor
+from tests.conftest import TINY_MODEL, randomise_batchnorm
+from utils.config import load_config
+from utils.inference import InferencePipeline, SpeedOptions
+
+CPU = torch.device("cpu")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def tiny_pipeline(options: SpeedOptions, device: torch.device = CPU) -> InferencePipeline:
+    config = load_config(None, TINY_MODEL)
+    torch.manual_seed(0)  # the same weights in every pipeline
+    model = build_model(config)
+    randomise_batchnorm(model)
+    postprocessor = build_postprocessor(config, model.priors_cxcywh)
+    return InferencePipeline(
+        model, postprocessor, image_size=config.model.image_size, device=device, options=options
+    )
+
+
+def photos(count: int = 3) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    sizes = [(120, 90), (64, 200), (96, 96)]
+    return [
+        rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for height, width in sizes[:count]
+    ]
+
+
+def network_outputs(pipeline: InferencePipeline, images: list[np.ndarray]):
+    with pipeline.grad_mode():
+        return pipeline.forward(pipeline.preprocess(images))
+
+
+def test_preprocessing_equals_the_evaluation_transform():
+    pipeline = tiny_pipeline(SpeedOptions())
+    images = photos()
+    batch = pipeline.preprocess(images)
+    assert batch.shape == (3, 3, 96, 96) and batch.dtype == torch.uint8
+    for image, tensor in zip(images, batch, strict=True):
+        resized, _, _ = EvalTransform(96)(image, np.zeros((0, 4), np.float32), np.zeros(0))
+        assert np.array_equal(tensor.permute(1, 2, 0).numpy(), resized)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        SpeedOptions(channels_last=True),
+        SpeedOptions(fold_bn=True),
+        SpeedOptions(inference_mode=True),
+        SpeedOptions(channels_last=True, fold_bn=True, inference_mode=True),
+    ],
+    ids=["channels_last", "fold_bn", "inference_mode", "all"],
+)
+def test_speed_paths_give_the_same_outputs(options):
+    images = photos()
+    reference = tiny_pipeline(SpeedOptions())
+    fast = tiny_pipeline(options)
+    expected = network_outputs(reference, images)
+    actual = network_outputs(fast, images)
+    for got, want in zip(actual, expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
+    # Same detections in pixels, end to end.
+    for got, want in zip(fast(images), reference(images), strict=True):
+        assert len(got["scores"]) == len(want["scores"])
+        np.testing.assert_allclose(got["boxes"], want["boxes"], rtol=1e-4, atol=1e-2)
+        assert np.array_equal(got["labels"], want["labels"])
+
+
+def test_compiled_network_gives_the_same_outputs():
+    images = photos(2)
+    expected = network_outputs(tiny_pipeline(SpeedOptions()), images)
+    actual = network_outputs(tiny_pipeline(SpeedOptions(compile=True)), images)
+    for got, want in zip(actual, expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
+
+
+def test_cuda_only_paths_are_refused_on_the_cpu():
+    with pytest.raises(ValueError, match="needs CUDA"):
+        tiny_pipeline(SpeedOptions(autocast="bf16"))
+    with pytest.raises(ValueError, match="CUDA graphs"):
+        tiny_pipeline(SpeedOptions(cuda_graphs=True))
+
+
+@needs_cuda
+@pytest.mark.parametrize("autocast", ["bf16", "fp16"])
+def test_autocast_stays_close_on_cuda(autocast):
+    images = photos()
+    cuda = torch.device("cuda")
+    expected = network_outputs(tiny_pipeline(SpeedOptions(), cuda), images)
+    actual = network_outputs(tiny_pipeline(SpeedOptions(autocast=autocast), cuda), images)
+    for got, want in zip(actual, expected, strict=True):
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, want, rtol=0.05, atol=0.05 * float(want.abs().max()))
+
+
+@needs_cuda
+def test_cuda_graphs_replay_the_forward():
+    images = photos()
+    cuda = torch.device("cuda")
+    expected = network_outputs(tiny_pipeline(SpeedOptions(), cuda), images)
+    graphed = tiny_pipeline(SpeedOptions(cuda_graphs=True), cuda)
+    for _ in range(2):  # capture, then replay
+        actual = network_outputs(graphed, images)
+        for got, want in zip(actual, expected, strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
+
+
+def test_benchmark_script_against_torchvision(tmp_path, capsys):
+    output = tmp_path / "bench.json"
+    arguments = ["--batch-size", "2", "--repeats", "1", "--warmup", "0", "--compare",
+                 "torchvision", "--input-size", "160x120", "--json", str(output),
+                 "--fold-bn", "--inference-mode", *TINY_MODEL]  # fmt: skip
+    assert benchmark.main(benchmark.parse_args(arguments)) == 0
+    results = json.loads(output.read_text())
+    assert results["batch_size"] == 2 and results["num_priors"] > 0
+    assert results["options"]["fold_bn"] and results["options"]["inference_mode"]
+    for key in ("batch_1", "batch_n"):
+        assert set(results[key]) == {"ours (fssd)", "torchvision ssd300_vgg16"}
+        for row in results[key].values():
+            parts = row["preprocess_ms"] + row["forward_ms"] + row["post_ms"]
+            assert row["total_ms"] == pytest.approx(parts) and row["forward_ms"] > 0
+    printed = capsys.readouterr().out
+    assert "total_ms ours/torchvision" in printed

@@ -51,9 +51,15 @@ def postprocess(
     scores = F.softmax(conf_logits.float(), dim=-1)[:, :, 1:]  # [B, P, C-1]
     flat_scores = scores.reshape(batch_size, -1)  # [B, P*(C-1)], index = prior*(C-1)+class
     total = flat_scores.shape[1]
-    budget = min(total, max(max_detections * 3 // 2, 1))
+    # No image has more than ``above`` candidates worth looking at.
+    above = int((flat_scores > score_threshold).sum(dim=1).max())
+    budget = max(min(total, above, max_detections * 3 // 2), 1)
     while True:
-        top_scores, top_index = flat_scores.topk(budget, dim=1)  # [B, M], sorted
+        top_scores, top_index = flat_scores.topk(budget, dim=1)  # [B, M]
+        # Ties in score: lower prior, then lower class first, whatever topk returned.
+        top_index, order = top_index.sort(dim=1)
+        top_scores, order = top_scores.gather(1, order).sort(dim=1, descending=True, stable=True)
+        top_index = top_index.gather(1, order)
         prior_index = top_index // num_foreground
         class_index = top_index % num_foreground  # [B, M], 0-based foreground class
         # Rank of each candidate within its class (all higher-scoring boxes of the class
@@ -66,13 +72,14 @@ def postprocess(
         boxes = decode(offsets, priors, variances).clamp(0.0, 1.0)  # [B, M, 4]
         keep = nms_keep_mask(boxes, class_index, valid, nms_iou_threshold)  # [B, M]
         complete = (keep.sum(dim=1) >= max_detections) | (top_scores[:, -1] <= score_threshold)
-        if budget == total or bool(complete.all()):
+        if budget >= above or bool(complete.all()):
             break
         budget = min(total, 2 * budget)
 
     survivor_scores = torch.where(keep, top_scores, -1.0)
     num_kept = min(max_detections, budget)
-    best_scores, best = survivor_scores.topk(num_kept, dim=1)  # [B, D], sorted
+    best_scores, best = survivor_scores.sort(dim=1, descending=True, stable=True)
+    best_scores, best = best_scores[:, :num_kept], best[:, :num_kept]  # [B, D]
     best_boxes = torch.gather(boxes, 1, best[:, :, None].expand(-1, -1, 4))  # [B, D, 4]
     best_labels = torch.gather(class_index, 1, best) + 1  # [B, D]
     counts = (best_scores >= 0).sum(dim=1).tolist()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.ops import nms
 
 from layers.box_coding import DEFAULT_VARIANCES, decode
 
@@ -70,7 +71,7 @@ def postprocess(
         offsets = torch.gather(loc_pred.float(), 1, prior_index[:, :, None].expand(-1, -1, 4))
         priors = priors_cxcywh.float()[prior_index]  # [B, M, 4]
         boxes = decode(offsets, priors, variances).clamp(0.0, 1.0)  # [B, M, 4]
-        keep = nms_keep_mask(boxes, class_index, valid, nms_iou_threshold)  # [B, M]
+        keep = _per_class_nms(boxes, class_index, valid, nms_iou_threshold)  # [B, M]
         complete = (keep.sum(dim=1) >= max_detections) | (top_scores[:, -1] <= score_threshold)
         if budget >= above or bool(complete.all()):
             break
@@ -93,12 +94,49 @@ def postprocess(
     ]
 
 
-def nms_keep_mask(boxes: Tensor, labels: Tensor, valid: Tensor, iou_threshold: float) -> Tensor:
+def _per_class_nms(
+    boxes: Tensor, class_index: Tensor, valid: Tensor, iou_threshold: float
+) -> Tensor:
+    """Class-aware NMS of ``[B, M]`` candidates sorted by score in each row.
+
+    On GPUs, :func:`nms_keep_mask` does the whole batch at once. On the CPU the
+    ``M x M`` comparison matrix costs more than comparing only boxes of one class, so
+    each (image, class) group goes through ``torchvision.ops.nms`` instead; the groups
+    are found with one sort, and there are at most ``B * (C-1)`` of them.
+    """
+    if boxes.device.type != "cpu":
+        return nms_keep_mask(boxes, class_index, valid, iou_threshold)
+    keep = torch.zeros_like(valid)
+    rows, columns = torch.nonzero(valid, as_tuple=True)  # row-major: score order per image
+    if rows.numel() == 0:
+        return keep
+    group = rows * (int(class_index.max()) + 1) + class_index[rows, columns]
+    group, order = group.sort(stable=True)  # by (image, class), score order kept inside
+    rows, columns = rows[order], columns[order]
+    _, counts = torch.unique_consecutive(group, return_counts=True)
+    flat_boxes = boxes[rows, columns]  # [N, 4]
+    # Scores only fix the order, which the candidates already have.
+    ranks = -torch.arange(rows.numel(), dtype=torch.float32)
+    start = 0
+    kept_positions = []
+    for count in counts.tolist():
+        kept = nms(flat_boxes[start : start + count], ranks[start : start + count], iou_threshold)
+        kept_positions.append(kept + start)
+        start += count
+    kept_positions = torch.cat(kept_positions)
+    keep[rows[kept_positions], columns[kept_positions]] = True
+    return keep
+
+
+def nms_keep_mask(
+    boxes: Tensor, labels: Tensor | None, valid: Tensor, iou_threshold: float
+) -> Tensor:
     """Greedy class-aware NMS in each row of a batch, as tensor operations.
 
     Args:
         boxes: ``[B, M, 4]`` xyxy, each row sorted by decreasing score.
-        labels: ``[B, M]`` classes; boxes of different classes never suppress each other.
+        labels: ``[B, M]`` classes; boxes of different classes never suppress each other
+            (``None``: one class per row).
         valid: ``[B, M]`` candidates taking part.
         iou_threshold: a box is suppressed by a kept higher-scoring box of its class
             with IoU above it.
@@ -124,7 +162,8 @@ def nms_keep_mask(boxes: Tensor, labels: Tensor, valid: Tensor, iou_threshold: f
     inter = width.clamp_(min=0) * height.clamp_(min=0)  # [B, M, M]
     # IoU > t  <=>  inter * (1 + t) > t * (area_i + area_j), without a division.
     over = inter * (1 + iou_threshold) > (area[:, :, None] + area[:, None, :]) * iou_threshold
-    over &= labels[:, :, None] == labels[:, None, :]
+    if labels is not None:
+        over &= labels[:, :, None] == labels[:, None, :]
     over &= valid[:, :, None]
     over = over.triu_(diagonal=1)
     keep = valid

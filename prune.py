@@ -92,6 +92,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--repeats", type=int, default=50, help="timed calls per model for --benchmark"
     )
     parser.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="time --benchmark with NHWC activations (faster on CPUs with oneDNN)",
+    )
+    parser.add_argument(
         "--show-layers", action="store_true", help="print every layer's width before and after"
     )
     return parser.parse_intermixed_args(argv)
@@ -117,10 +122,16 @@ def benchmark(
     postprocessor: torch.nn.Module,
     image_size: int,
     repeats: int,
+    channels_last: bool = False,
 ) -> dict[str, dict[str, float]]:
     """Batch-1 forward and forward + post-processing latency (median ms) per model, all
     timed in one interleaved loop so that they share the machine's noise."""
     images = torch.randint(0, 256, (1, 3, image_size, image_size), dtype=torch.uint8)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+        models = {
+            name: model.to(memory_format=torch.channels_last) for name, model in models.items()
+        }
     functions = {}
     for name, model in models.items():
         functions[f"{name}/forward_ms"] = lambda model=model: model(images)
@@ -203,9 +214,14 @@ def main(args: argparse.Namespace) -> int:
             postprocessor,
             image_size,
             args.repeats,
+            channels_last=args.channels_last,
         )
         reference = timings["unpruned"]
-        print(f"batch-1 CPU latency ({torch.get_num_threads()} threads, median of {args.repeats})")
+        layout = "NHWC" if args.channels_last else "NCHW"
+        print(
+            f"batch-1 CPU latency ({torch.get_num_threads()} threads, {layout}, "
+            f"median of {args.repeats})"
+        )
         print(f"{'':<15}{'forward ms':>12}{'speed-up':>10}{'+post ms':>10}{'speed-up':>10}")
         for name, timing in timings.items():
             print(

@@ -47,16 +47,16 @@ def postprocess(
         One dict per image: ``boxes`` ``[D, 4]`` normalised xyxy clipped to [0, 1],
         ``scores`` ``[D]`` sorted descending, ``labels`` ``[D]`` int64 in 1..C-1.
     """
-    batch_size, _, num_classes = conf_logits.shape
+    num_classes = conf_logits.shape[2]
     num_foreground = num_classes - 1
     scores = F.softmax(conf_logits.float(), dim=-1)[:, :, 1:]  # [B, P, C-1]
-    flat_scores = scores.reshape(batch_size, -1)  # [B, P*(C-1)], index = prior*(C-1)+class
-    total = flat_scores.shape[1]
+    total = scores.shape[1] * num_foreground  # candidates per image
     # No image has more than ``above`` candidates worth looking at.
-    above = int((flat_scores > score_threshold).sum(dim=1).max())
+    above = int((scores > score_threshold).sum(dim=(1, 2)).max())
     budget = max(min(total, above, max_detections * 3 // 2), 1)
+    best_per_prior = scores.amax(dim=2)  # [B, P]
     while True:
-        top_scores, top_index = flat_scores.topk(budget, dim=1)  # [B, M]
+        top_scores, top_index = _top_candidates(scores, best_per_prior, budget)  # [B, M]
         # Ties in score: lower prior, then lower class first, whatever topk returned.
         top_index, order = top_index.sort(dim=1)
         top_scores, order = top_scores.gather(1, order).sort(dim=1, descending=True, stable=True)
@@ -92,6 +92,22 @@ def postprocess(
         }
         for image, count in enumerate(counts)
     ]
+
+
+def _top_candidates(scores: Tensor, best_per_prior: Tensor, count: int) -> tuple[Tensor, Tensor]:
+    """The ``count`` best (prior, class) scores of each image and their flat indices
+    ``prior * (C-1) + class``, like ``topk`` over ``scores.reshape(B, -1)``.
+
+    They all lie in the ``count`` priors with the best top score: at least ``count``
+    scores reach the ``count``-th best top score, so no prior below it can hold one of
+    the ``count`` best. Searching those priors reads C-1 times fewer values.
+    """
+    batch_size, num_priors, num_foreground = scores.shape
+    _, priors = best_per_prior.topk(min(num_priors, count), dim=1)  # [B, Q]
+    sub_scores = torch.gather(scores, 1, priors[:, :, None].expand(-1, -1, num_foreground))
+    top_scores, position = sub_scores.reshape(batch_size, -1).topk(count, dim=1)  # [B, M]
+    prior_index = torch.gather(priors, 1, position // num_foreground)
+    return top_scores, prior_index * num_foreground + position % num_foreground
 
 
 def _per_class_nms(

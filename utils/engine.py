@@ -21,6 +21,7 @@ from data.dataset import AnnotationRecord
 from utils.distributed import DistributedContext, all_reduce_mean, broadcast_flag
 from utils.log import MetricsWriter
 from utils.metrics import evaluate_voc
+from utils.timing import synchronize
 
 logger = logging.getLogger(__name__)
 
@@ -226,11 +227,6 @@ class Timing:
         }
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 @torch.inference_mode()
 def predict(
     model: nn.Module,
@@ -257,14 +253,14 @@ def predict(
         images = batch["images"].to(device, non_blocking=True)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        _synchronize(device)
+        synchronize(device)
         start = time.perf_counter()
         with autocast_context(device, autocast_dtype):
             loc, conf = model(images)
-        _synchronize(device)
+        synchronize(device)
         middle = time.perf_counter()
         detections = postprocessor(loc, conf)
-        _synchronize(device)
+        synchronize(device)
         timing.forward_seconds += middle - start
         timing.postprocess_seconds += time.perf_counter() - middle
         timing.images += images.shape[0]

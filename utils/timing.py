@@ -28,7 +28,9 @@ def time_interleaved(
 
     Every function runs ``warmup`` times first (allocations, kernel selection, lazy
     initialisation). The timed calls go round-robin, one call of each function per
-    round, so a slow phase of a noisy machine hits all of them alike.
+    round, so a slow phase of a noisy machine hits all of them alike; each round starts
+    one function later than the previous, because a call runs slower right after
+    another that evicted its weights from the caches.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
@@ -37,8 +39,11 @@ def time_interleaved(
             function()
     synchronize(device)
     times: dict[str, list[float]] = {name: [] for name in functions}
-    for _ in range(repeats):
-        for name, function in functions.items():
+    names = list(functions)
+    for round_index in range(repeats):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            function = functions[name]
             start = time.perf_counter()
             function()
             synchronize(device)

@@ -26,9 +26,7 @@ import torch
 from tqdm import tqdm
 
 from data.dataset import IMAGE_EXTENSIONS, BadSampleError, read_image
-from data.transforms import EvalTransform
 from models.build import build_postprocessor, build_trained_model
-from models.folding import fold_batchnorm
 from models.weights import WeightsError
 from utils.checkpoint import CheckpointError, config_and_checkpoint
 from utils.config import (
@@ -36,6 +34,7 @@ from utils.config import (
     add_config_arguments,
     apply_override,
 )
+from utils.inference import InferencePipeline, SpeedOptions
 from utils.log import setup_logging
 from utils.visualize import draw_detections
 
@@ -76,6 +75,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="fold BatchNorm into the preceding convs (same outputs, faster)",
     )
     parser.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="NHWC activations (same outputs; much faster on CPUs with oneDNN)",
+    )
+    parser.add_argument(
         "--class-names",
         nargs="*",
         default=None,
@@ -94,36 +98,28 @@ class Detector:
         self.class_names = args.class_names or (checkpoint or {}).get("class_names") or []
         if not self.class_names:
             self.class_names = [str(label) for label in range(1, config.model.num_classes)]
-        self.device = torch.device(
+        device = torch.device(
             "cuda" if torch.cuda.is_available() and config.train.device != "cpu" else "cpu"
         )
         model = build_trained_model(config, args.checkpoint, checkpoint)
-        model.eval()
-        if args.fold_bn:
-            fold_batchnorm(model)
-        self.model = model.to(self.device)
-        self.postprocessor = build_postprocessor(config, model.priors_cxcywh).to(self.device)
-        self.resize = EvalTransform(config.model.image_size)
+        self.pipeline = InferencePipeline(
+            model,
+            build_postprocessor(config, model.priors_cxcywh),
+            image_size=config.model.image_size,
+            device=device,
+            options=SpeedOptions(
+                fold_bn=args.fold_bn, channels_last=args.channels_last, inference_mode=True
+            ),
+        )
         self.threshold = args.threshold
         self.output_dir = Path(config.train.output_dir) / "demo"
         # The first call pays for kernel selection and allocation: keep it out of the FPS.
         size = config.model.image_size
         self(np.zeros((size, size, 3), dtype=np.uint8))
 
-    @torch.inference_mode()
     def __call__(self, image: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """The image with its detections drawn, and the detections (pixels)."""
-        height, width = image.shape[:2]
-        resized, _, _ = self.resize(image, np.zeros((0, 4), np.float32), np.zeros(0, np.int64))
-        tensor = torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1)))[None]
-        loc, conf = self.model(tensor.to(self.device))
-        [detection] = self.postprocessor(loc, conf)
-        scale = torch.tensor([width, height, width, height], device=self.device)
-        result = {
-            "boxes": (detection["boxes"] * scale).cpu().numpy(),
-            "scores": detection["scores"].cpu().numpy(),
-            "labels": detection["labels"].cpu().numpy(),
-        }
+        [result] = self.pipeline([image])
         drawn = draw_detections(
             image,
             result["boxes"],
@@ -241,7 +237,7 @@ def main(args: argparse.Namespace) -> int:
             )
         average = run_images(detector, paths, output, args.show)
     print(
-        f"average {average:.1f} FPS on {detector.device}"
+        f"average {average:.1f} FPS on {detector.pipeline.device}"
         + (f"; results in {output}" if output else "")
     )
     return 0

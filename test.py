@@ -87,6 +87,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="fold BatchNorm into the preceding convs before inference (same outputs, faster)",
     )
+    parser.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="NHWC activations (same outputs; much faster on CPUs with oneDNN)",
+    )
     # Overrides may come before or after the options.
     return parser.parse_intermixed_args(argv)
 
@@ -132,9 +137,15 @@ def main(args: argparse.Namespace) -> int:
         if args.fold_bn:
             logger.info("folded %d BatchNorm layers into convs", fold_batchnorm(model))
         model = model.to(device)
+        if args.channels_last:
+            model = model.to(memory_format=torch.channels_last)
         postprocessor = build_postprocessor(config, model.priors_cxcywh).to(device)
         detections, timing = predict(
-            model, postprocessor, build_eval_loader(dataset, config), device
+            model,
+            postprocessor,
+            build_eval_loader(dataset, config),
+            device,
+            channels_last=args.channels_last,
         )
         speed = {
             **timing.ms_per_image(),

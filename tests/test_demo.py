@@ -50,9 +50,8 @@ def test_glob_and_single_image(checkpoint, tiny_shapes_root, tmp_path):
     assert run_demo("--checkpoint", checkpoint, pattern, "--output", tmp_path / "glob") == 0
     assert len(list((tmp_path / "glob").glob("*.jpg"))) == 3
     single = tiny_shapes_root / "JPEGImages" / "val_000003.jpg"
-    assert (
-        run_demo("--checkpoint", checkpoint, single, "--output", tmp_path / "one", "--fold-bn") == 0
-    )
+    options = ["--output", tmp_path / "one", "--fold-bn", "--channels-last"]
+    assert run_demo("--checkpoint", checkpoint, single, *options) == 0
     assert [path.name for path in (tmp_path / "one").iterdir()] == ["val_000003.jpg"]
 
 

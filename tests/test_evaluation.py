@@ -173,10 +173,11 @@ def test_test_script_writes_results_and_rescores_them(tiny_shapes_root, tmp_path
         == 0
     )
     assert json.loads((results / "metrics.json").read_text())["mAP"] == metrics["mAP"]
-    # Folding BatchNorm changes nothing but float rounding.
+    # Folding BatchNorm and NHWC activations change nothing but float rounding.
     folded = tmp_path / "folded"
-    arguments = ["--checkpoint", str(output / "best.pt"), "--results-dir", str(folded), "--fold-bn"]
-    assert test_script.main(test_script.parse_args([*arguments, "--no-plots"])) == 0
+    arguments = ["--checkpoint", str(output / "best.pt"), "--results-dir", str(folded)]
+    arguments += ["--fold-bn", "--channels-last", "--no-plots"]
+    assert test_script.main(test_script.parse_args(arguments)) == 0
     folded_map = json.loads((folded / "metrics.json").read_text())["mAP"]
     assert folded_map == pytest.approx(metrics["mAP"], abs=1e-3)
     assert "mAP" in capsys.readouterr().out

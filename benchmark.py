@@ -70,6 +70,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the random weights and images (default 0)"
+    )
+    parser.add_argument(
         "--images", type=Path, default=None, help="a folder of images to use as inputs"
     )
     parser.add_argument(
@@ -99,14 +102,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_intermixed_args(argv)
 
 
-def load_images(folder: Path | None, input_size: str, count: int) -> list[np.ndarray]:
+def load_images(
+    folder: Path | None, input_size: str, count: int, seed: int = 0
+) -> list[np.ndarray]:
     """``count`` decoded RGB uint8 images: from ``folder`` (cycled) or random."""
     if folder is None:
         try:
             width, height = (int(side) for side in input_size.lower().split("x"))
         except ValueError:
             raise ConfigError(f"--input-size must be WIDTHxHEIGHT, got {input_size!r}") from None
-        rng = np.random.default_rng(0)
+        rng = np.random.default_rng(seed)
         return [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(count)]
     paths = sorted(path for path in folder.iterdir() if path.suffix.lower() in IMAGE_EXTENSIONS)
     images = []
@@ -267,13 +272,14 @@ def main(args: argparse.Namespace) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = choose_device(args.device)
+    torch.manual_seed(args.seed)  # random weights decide how much post-processing does
     pipeline, config = build_pipeline(args, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     runners: list[Runner] = [PipelineRunner(f"ours ({config.model.architecture})", pipeline)]
     if args.compare == "torchvision":
         runners.append(TorchvisionRunner(device, inference_mode=args.inference_mode))
-    images = load_images(args.images, args.input_size, args.batch_size)
+    images = load_images(args.images, args.input_size, args.batch_size, args.seed)
 
     results: dict[str, Any] = {
         "device": torch.cuda.get_device_name(device)
@@ -288,6 +294,7 @@ def main(args: argparse.Namespace) -> int:
         "gflops": count_flops(pipeline.model, config.model.image_size) / 1e9,
         "batch_size": args.batch_size,
         "repeats": args.repeats,
+        "seed": args.seed,
     }
     results["batch_1"] = measure(runners, images[:1], warmup=args.warmup, repeats=args.repeats)
     results["batch_n"] = measure(runners, images, warmup=args.warmup, repeats=args.repeats)

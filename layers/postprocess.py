@@ -25,13 +25,13 @@ def postprocess(
 
     The result is that of the reference's loop: per image and class, the
     ``pre_nms_topk`` highest-scoring priors above ``score_threshold`` go through greedy
-    NMS; each image then keeps its ``max_detections`` best survivors. It is computed
-    without looking at most candidates: a box's fate in NMS depends only on
-    higher-scoring boxes of its class, so running NMS on each image's ``M`` best
-    (prior, class) scores gives the exact survivors among them. When at least
-    ``max_detections`` survive, or the ``M`` include every score above the threshold,
-    the answer is complete; otherwise ``M`` doubles (rare: it starts at 1.5 x
-    ``max_detections``). Shapes are fixed within a round; the host waits once per round.
+    NMS; each image then keeps its ``max_detections`` best survivors. NMS does not look
+    at most of those candidates: a box's fate depends only on higher-scoring boxes of
+    its class, so NMS over each image's ``M`` best candidates gives the exact survivors
+    among them. When at least ``max_detections`` survive, or the ``M`` include every
+    candidate above the threshold, the answer is complete; otherwise ``M`` doubles
+    (rarely: it starts at 1.5 x ``max_detections``). Shapes are fixed within a round;
+    the host waits once per round.
 
     Args:
         loc_pred: ``[B, P, 4]`` predicted offsets.
@@ -47,27 +47,28 @@ def postprocess(
         One dict per image: ``boxes`` ``[D, 4]`` normalised xyxy clipped to [0, 1],
         ``scores`` ``[D]`` sorted descending, ``labels`` ``[D]`` int64 in 1..C-1.
     """
-    num_classes = conf_logits.shape[2]
+    batch_size, num_priors, num_classes = conf_logits.shape
     num_foreground = num_classes - 1
     scores = F.softmax(conf_logits.float(), dim=-1)[:, :, 1:]  # [B, P, C-1]
-    total = scores.shape[1] * num_foreground  # candidates per image
+    per_class = min(pre_nms_topk, num_priors)
+    class_scores, class_priors = scores.transpose(1, 2).topk(per_class, dim=2)  # [B, C-1, K]
+    classes = torch.arange(num_foreground, device=scores.device)[None, :, None]
+    candidate_scores = class_scores.reshape(batch_size, -1)  # [B, (C-1)*K]
+    candidate_index = (class_priors * num_foreground + classes).reshape(batch_size, -1)
+    total = candidate_scores.shape[1]
     # No image has more than ``above`` candidates worth looking at.
-    above = int((scores > score_threshold).sum(dim=(1, 2)).max())
+    above = int((candidate_scores > score_threshold).sum(dim=1).max())
     budget = max(min(total, above, max_detections * 3 // 2), 1)
-    best_per_prior = scores.amax(dim=2)  # [B, P]
     while True:
-        top_scores, top_index = _top_candidates(scores, best_per_prior, budget)  # [B, M]
+        top_scores, position = candidate_scores.topk(budget, dim=1)  # [B, M]
+        top_index = candidate_index.gather(1, position)  # prior * (C-1) + class
         # Ties in score: lower prior, then lower class first, whatever topk returned.
         top_index, order = top_index.sort(dim=1)
         top_scores, order = top_scores.gather(1, order).sort(dim=1, descending=True, stable=True)
         top_index = top_index.gather(1, order)
         prior_index = top_index // num_foreground
         class_index = top_index % num_foreground  # [B, M], 0-based foreground class
-        # Rank of each candidate within its class (all higher-scoring boxes of the class
-        # are among the M, so this is its rank among all priors).
-        one_hot = F.one_hot(class_index, num_foreground)  # [B, M, C-1]
-        class_rank = (one_hot.cumsum(dim=1) * one_hot).sum(dim=2) - 1  # [B, M]
-        valid = (top_scores > score_threshold) & (class_rank < pre_nms_topk)
+        valid = top_scores > score_threshold
         offsets = torch.gather(loc_pred.float(), 1, prior_index[:, :, None].expand(-1, -1, 4))
         priors = priors_cxcywh.float()[prior_index]  # [B, M, 4]
         boxes = decode(offsets, priors, variances).clamp(0.0, 1.0)  # [B, M, 4]
@@ -92,22 +93,6 @@ def postprocess(
         }
         for image, count in enumerate(counts)
     ]
-
-
-def _top_candidates(scores: Tensor, best_per_prior: Tensor, count: int) -> tuple[Tensor, Tensor]:
-    """The ``count`` best (prior, class) scores of each image and their flat indices
-    ``prior * (C-1) + class``, like ``topk`` over ``scores.reshape(B, -1)``.
-
-    They all lie in the ``count`` priors with the best top score: at least ``count``
-    scores reach the ``count``-th best top score, so no prior below it can hold one of
-    the ``count`` best. Searching those priors reads C-1 times fewer values.
-    """
-    batch_size, num_priors, num_foreground = scores.shape
-    _, priors = best_per_prior.topk(min(num_priors, count), dim=1)  # [B, Q]
-    sub_scores = torch.gather(scores, 1, priors[:, :, None].expand(-1, -1, num_foreground))
-    top_scores, position = sub_scores.reshape(batch_size, -1).topk(count, dim=1)  # [B, M]
-    prior_index = torch.gather(priors, 1, position // num_foreground)
-    return top_scores, prior_index * num_foreground + position % num_foreground
 
 
 def _per_class_nms(

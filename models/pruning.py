@@ -318,6 +318,10 @@ def select_channels(
     """
     if not 0.0 <= ratio < 1.0:
         raise PruningError(f"the pruning ratio must be in [0, 1), got {ratio}")
+    if not 0.0 <= min_keep_fraction <= 1.0:
+        raise PruningError(f"the minimum kept fraction must be in [0, 1], got {min_keep_fraction}")
+    if multiple_of < 1:
+        raise PruningError(f"widths must be rounded to a multiple of at least 1, got {multiple_of}")
     if not groups:
         raise PruningError("the model has no prunable channels (BatchNorm layers)")
     scores = [group.scores() for group in groups]

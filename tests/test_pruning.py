@@ -137,6 +137,8 @@ def test_global_threshold_with_a_minimum_per_layer():
     }
     with pytest.raises(PruningError, match="ratio"):
         select_channels(groups, 1.0)
+    with pytest.raises(PruningError, match="multiple"):
+        select_channels(groups, 0.5, multiple_of=0)
 
 
 def test_the_constant_output_of_pruned_channels_moves_into_the_readers():

@@ -11,9 +11,8 @@ Each path is off by default and tested for equal outputs (``tests/test_inference
 - ``cuda_graphs``: the network's forward captured once per input shape in a CUDA graph
   and replayed, which removes the per-kernel launch cost at small batches.
 
-Post-processing (``layers/postprocess.py``) is one batched computation over all images
-and classes with one class-aware NMS call; the host waits once per batch, when the
-per-image detection counts are read.
+Post-processing (``layers/postprocess.py``) works on the whole batch at once, with no
+loop over images or classes on GPUs and a few host synchronisations per batch.
 """
 
 from __future__ import annotations

@@ -35,11 +35,11 @@ import numpy as np
 import torch
 
 from data.dataset import IMAGE_EXTENSIONS
-from models.build import build_model, build_postprocessor, build_trained_model, count_flops
+from models.build import build_model_to_run, build_postprocessor, count_flops
 from models.pruning import PruningError
 from models.weights import WeightsError
-from utils.checkpoint import CheckpointError, config_and_checkpoint
-from utils.config import ConfigError, add_config_arguments, load_config
+from utils.checkpoint import CheckpointError
+from utils.config import ConfigError, add_config_arguments
 from utils.inference import InferencePipeline, SpeedOptions
 from utils.log import setup_logging
 from utils.timing import synchronize
@@ -231,12 +231,7 @@ def choose_device(preference: str) -> torch.device:
 
 
 def build_pipeline(args: argparse.Namespace, device: torch.device) -> tuple[InferencePipeline, Any]:
-    if args.checkpoint is not None:
-        config, checkpoint = config_and_checkpoint(args.config, args.overrides, args.checkpoint)
-        model = build_trained_model(config, args.checkpoint, checkpoint)
-    else:
-        config = load_config(args.config, args.overrides)
-        model = build_model(config, load_weights=False)
+    config, model = build_model_to_run(args.config, args.overrides, args.checkpoint)
     options = SpeedOptions(
         channels_last=args.channels_last,
         fold_bn=args.fold_bn,

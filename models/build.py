@@ -28,7 +28,8 @@ from models.weights import (
     load_backbone_weights,
     load_detector_weights,
 )
-from utils.config import Config, ModelConfig, PriorConfig
+from utils.checkpoint import config_and_checkpoint
+from utils.config import Config, ModelConfig, PriorConfig, load_config
 
 logger = logging.getLogger(__name__)
 
@@ -191,6 +192,19 @@ def build_trained_model(
     )
     load_detector_weights(model, weights)
     return model
+
+
+def build_model_to_run(
+    config_path: str | Path | None, overrides: list[str], checkpoint_path: str | Path | None
+) -> tuple[Config, SingleShotDetector]:
+    """The config and model a timing or export script runs: the checkpoint's (pruned
+    widths included; config from ``config_path`` or the checkpoint), or without one the
+    config's model with random weights."""
+    if checkpoint_path is None:
+        config = load_config(config_path, overrides)
+        return config, build_model(config, load_weights=False)
+    config, checkpoint = config_and_checkpoint(config_path, overrides, checkpoint_path)
+    return config, build_trained_model(config, checkpoint_path, checkpoint)
 
 
 def count_head_outputs(model: SingleShotDetector, image_size: int) -> int:

@@ -25,13 +25,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from layers.box_coding import decode
-from models.build import build_model, build_trained_model
+from models.build import build_model_to_run
 from models.detector import SingleShotDetector
 from models.folding import fold_batchnorm
 from models.pruning import PruningError
 from models.weights import WeightsError
-from utils.checkpoint import CheckpointError, config_and_checkpoint
-from utils.config import ConfigError, add_config_arguments, load_config
+from utils.checkpoint import CheckpointError
+from utils.config import ConfigError, add_config_arguments
 from utils.log import setup_logging
 
 logger = logging.getLogger(__name__)
@@ -116,12 +116,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(args: argparse.Namespace) -> int:
     setup_logging(is_main=True)
-    if args.checkpoint is not None:
-        config, checkpoint = config_and_checkpoint(args.config, args.overrides, args.checkpoint)
-        model = build_trained_model(config, args.checkpoint, checkpoint)
-    else:
-        config = load_config(args.config, args.overrides)
-        model = build_model(config, load_weights=False)
+    config, model = build_model_to_run(args.config, args.overrides, args.checkpoint)
     model.eval()
     if args.fold_bn:
         fold_batchnorm(model)

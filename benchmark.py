@@ -14,12 +14,18 @@ latency, ``--batch-size`` the throughput.
 
 ``--compare torchvision`` runs torchvision's ``ssd300_vgg16`` (random weights; its own
 transform, anchors and post-processing) on the same images in the same process, its
-calls interleaved with ours, and prints our time over its time.
+calls interleaved with ours. It gets the config's number of classes and every speed
+path ours gets that applies to it (NHWC, inference mode, compile, autocast, CUDA
+graphs; BatchNorm folding does not apply, its VGG16 has none). The table gives each
+model's GFLOPs, the GFLOP/s its forward reached, and a float32 matrix product's
+GFLOP/s on the same device in the same run (the machine's practical limit), then our
+time over its time.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import platform
@@ -33,14 +39,13 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
+from torch import nn
 
-from data.dataset import IMAGE_EXTENSIONS
+from data.records import IMAGE_EXTENSIONS
 from models.build import build_model_to_run, build_postprocessor, count_flops
-from models.pruning import PruningError
-from models.weights import WeightsError
-from utils.checkpoint import CheckpointError
 from utils.config import ConfigError, add_config_arguments
-from utils.inference import InferencePipeline, SpeedOptions
+from utils.errors import UserError
+from utils.inference import InferencePipeline, NetworkRunner, SpeedOptions, grad_mode
 from utils.log import setup_logging
 from utils.timing import synchronize
 
@@ -127,18 +132,27 @@ def load_images(
 
 
 class Runner:
-    """One system under test: a call on a list of images returning seconds per part."""
+    """One system under test: a call on a list of images returning seconds per part.
+    It names the network it runs, its input size, class count and speed paths."""
 
     name: str
+    network: nn.Module
+    input_size: int
+    num_classes: int
+    options: SpeedOptions
 
     def __call__(self, images: Sequence[np.ndarray]) -> dict[str, float]:
         raise NotImplementedError
 
 
 class PipelineRunner(Runner):
-    def __init__(self, name: str, pipeline: InferencePipeline) -> None:
+    def __init__(self, name: str, pipeline: InferencePipeline, num_classes: int) -> None:
         self.name = name
         self.pipeline = pipeline
+        self.network = pipeline.model
+        self.input_size = pipeline.image_size
+        self.num_classes = num_classes
+        self.options = pipeline.options
 
     def __call__(self, images: Sequence[np.ndarray]) -> dict[str, float]:
         pipeline, device = self.pipeline, self.pipeline.device
@@ -151,18 +165,47 @@ class PipelineRunner(Runner):
             )
 
 
+def peer_options(options: SpeedOptions) -> SpeedOptions:
+    """The speed paths torchvision's SSD300 gets: every one ours gets, except BatchNorm
+    folding, which does not apply (its VGG16 has no BatchNorm)."""
+    return dataclasses.replace(options, fold_bn=False)
+
+
+class TorchvisionNetwork(nn.Module):
+    """torchvision SSD's backbone and head as one module, so that the same speed paths
+    (NHWC, autocast, compile, CUDA graphs) wrap it as they wrap ours: normalised images
+    -> box regression, class logits, and the feature maps (the anchors need their
+    sizes)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.backbone = model.backbone
+        self.head = model.head
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        features = list(self.backbone(images).values())
+        outputs = self.head(features)
+        return outputs["bbox_regression"], outputs["cls_logits"], *features
+
+
 class TorchvisionRunner(Runner):
-    """torchvision's SSD300-VGG16 split into the same parts: the tensor conversion and
-    its transform (resize, normalise) / backbone, head and anchors / its post-processing
+    """torchvision's SSD300-VGG16 (random weights) with ``num_classes`` classes and the
+    given speed paths, split into the same parts as ours: the tensor conversion and its
+    transform (resize, normalise) / backbone and head / anchors, its post-processing
     and the copy of the detections to the host."""
 
-    def __init__(self, device: torch.device, inference_mode: bool) -> None:
+    def __init__(self, device: torch.device, options: SpeedOptions, num_classes: int) -> None:
         from torchvision.models.detection import ssd300_vgg16
 
         self.name = "torchvision ssd300_vgg16"
-        self.model = ssd300_vgg16(weights=None, weights_backbone=None).eval().to(device)
+        self.model = ssd300_vgg16(weights=None, weights_backbone=None, num_classes=num_classes)
+        self.model.eval().to(device)
+        self.num_classes = num_classes
+        self.options = options
+        self.runner = NetworkRunner(TorchvisionNetwork(self.model), device=device, options=options)
+        self.network = self.runner.module
+        self.input_size = 300
         self.device = device
-        self.inference_mode = inference_mode
 
     def __call__(self, images: Sequence[np.ndarray]) -> dict[str, float]:
         model = self.model
@@ -176,18 +219,18 @@ class TorchvisionRunner(Runner):
             return model.transform(tensors)[0]
 
         def forward(image_list: Any) -> Any:
-            features = list(model.backbone(image_list.tensors).values())
-            head_outputs = model.head(features)
-            return head_outputs, model.anchor_generator(image_list, features), image_list
+            bbox_regression, cls_logits, *features = self.runner(image_list.tensors)
+            head_outputs = {"bbox_regression": bbox_regression, "cls_logits": cls_logits}
+            return head_outputs, features, image_list
 
         def post(state: Any) -> Any:
-            head_outputs, anchors, image_list = state
+            head_outputs, features, image_list = state
+            anchors = model.anchor_generator(image_list, features)
             detections = model.postprocess_detections(head_outputs, anchors, image_list.image_sizes)
             detections = model.transform.postprocess(detections, image_list.image_sizes, sizes)
             return [{key: value.cpu().numpy() for key, value in d.items()} for d in detections]
 
-        mode = torch.inference_mode() if self.inference_mode else torch.no_grad()
-        with mode:
+        with grad_mode(self.options):
             return timed_parts(self.device, preprocess, forward, post)
 
 
@@ -206,13 +249,16 @@ def timed_parts(device: torch.device, *steps: Callable[[Any], Any]) -> dict[str,
 def measure(
     runners: Sequence[Runner], images: Sequence[np.ndarray], *, warmup: int, repeats: int
 ) -> dict[str, dict[str, float]]:
-    """Median ms per part (and in total) per runner, runners interleaved call by call."""
+    """Median ms per part (and in total) per runner, runners interleaved call by call;
+    each round starts with the next runner (a call right after another one runs slower,
+    its weights evicted from the caches)."""
     for runner in runners:
         for _ in range(warmup):
             runner(images)
     samples: dict[str, list[dict[str, float]]] = {runner.name: [] for runner in runners}
-    for _ in range(repeats):
-        for runner in runners:
+    for round_index in range(repeats):
+        shift = round_index % len(runners)
+        for runner in [*runners[shift:], *runners[:shift]]:
             samples[runner.name].append(runner(images))
     results = {}
     for name, calls in samples.items():
@@ -250,16 +296,72 @@ def build_pipeline(args: argparse.Namespace, device: torch.device) -> tuple[Infe
 def print_table(results: dict[str, Any]) -> None:
     for label, key in (("batch 1", "batch_1"), (f"batch {results['batch_size']}", "batch_n")):
         print(f"{label}: ms per call (median of {results['repeats']})")
-        print(f"{'':<28}{'preprocess':>11}{'forward':>10}{'post':>9}{'total':>10}{'img/s':>9}")
+        print(
+            f"{'':<28}{'preprocess':>11}{'forward':>10}{'post':>9}{'total':>10}{'img/s':>9}"
+            f"{'GFLOP/s':>9}"
+        )
         for name, row in results[key].items():
             images = results["batch_size"] if key == "batch_n" else 1
             print(
                 f"{name:<28}{row['preprocess_ms']:>11.2f}{row['forward_ms']:>10.2f}"
                 f"{row['post_ms']:>9.2f}{row['total_ms']:>10.2f}"
-                f"{1000 * images / row['total_ms']:>9.1f}"
+                f"{1000 * images / row['total_ms']:>9.1f}{row['forward_gflops_per_s']:>9.1f}"
             )
+    print("models (GFLOP/s above is of the forward):")
+    for name, model in results["models"].items():
+        given = [key for key, value in model["options"].items() if value not in (False, "none")]
+        print(
+            f"  {name}: {model['gflops']:.2f} GFLOPs at {model['input_size']} px, "
+            f"{model['num_classes']} classes, speed paths: {', '.join(given) or 'none'}"
+        )
+    print(
+        f"fp32 matmul 2048x2048 on this device: {results['matmul_fp32_gflops']:.1f} GFLOP/s "
+        f"({results['device']}, {results['threads']} threads"
+        + (f", {results['cpu_flags']}" if results["cpu_flags"] else "")
+        + ")"
+    )
     for line in results.get("ratios", []):
         print(line)
+
+
+def matmul_gflops(device: torch.device, size: int = 2048, repeats: int = 5) -> float:
+    """Achieved GFLOP/s of a ``size`` x ``size`` float32 matrix product (median of
+    ``repeats``): the machine's practical fp32 limit, measured in the same run."""
+    generator = torch.Generator().manual_seed(0)
+    left = torch.randn(size, size, generator=generator).to(device)
+    right = torch.randn(size, size, generator=generator).to(device)
+    times = []
+    for index in range(repeats + 2):
+        synchronize(device)
+        start = time.perf_counter()
+        torch.mm(left, right)
+        synchronize(device)
+        if index >= 2:  # two untimed calls first
+            times.append(time.perf_counter() - start)
+    return 2 * size**3 / statistics.median(times) / 1e9
+
+
+def build_runners(args: argparse.Namespace, device: torch.device) -> tuple[list[Runner], Any]:
+    """Ours and, with ``--compare torchvision``, torchvision's SSD300 with the same speed
+    paths (:func:`peer_options`) and the config's class count."""
+    pipeline, config = build_pipeline(args, device)
+    name = f"ours ({config.model.architecture})"
+    runners: list[Runner] = [PipelineRunner(name, pipeline, config.model.num_classes)]
+    if args.compare == "torchvision":
+        runners.append(
+            TorchvisionRunner(device, peer_options(pipeline.options), config.model.num_classes)
+        )
+    return runners, config
+
+
+def describe(runner: Runner) -> dict[str, Any]:
+    """What a runner was given and the size of its network."""
+    return {
+        "options": dataclasses.asdict(runner.options),
+        "num_classes": runner.num_classes,
+        "input_size": runner.input_size,
+        "gflops": count_flops(runner.network, runner.input_size) / 1e9,
+    }
 
 
 def main(args: argparse.Namespace) -> int:
@@ -268,31 +370,36 @@ def main(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     device = choose_device(args.device)
     torch.manual_seed(args.seed)  # random weights decide how much post-processing does
-    pipeline, config = build_pipeline(args, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    runners: list[Runner] = [PipelineRunner(f"ours ({config.model.architecture})", pipeline)]
-    if args.compare == "torchvision":
-        runners.append(TorchvisionRunner(device, inference_mode=args.inference_mode))
+    runners, config = build_runners(args, device)
+    pipeline = runners[0].pipeline
     images = load_images(args.images, args.input_size, args.batch_size, args.seed)
+    models = {runner.name: describe(runner) for runner in runners}
 
     results: dict[str, Any] = {
         "device": torch.cuda.get_device_name(device)
         if device.type == "cuda"
         else platform.processor() or "cpu",
+        "cpu_flags": cpu_flags(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "options": vars(pipeline.options),
         "image_size": config.model.image_size,
         "num_priors": int(pipeline.model.priors_cxcywh.shape[0]),
         "num_classes": config.model.num_classes,
-        "gflops": count_flops(pipeline.model, config.model.image_size) / 1e9,
+        "gflops": models[runners[0].name]["gflops"],
+        "models": models,
         "batch_size": args.batch_size,
         "repeats": args.repeats,
         "seed": args.seed,
+        "matmul_fp32_gflops": matmul_gflops(device),
     }
     results["batch_1"] = measure(runners, images[:1], warmup=args.warmup, repeats=args.repeats)
     results["batch_n"] = measure(runners, images, warmup=args.warmup, repeats=args.repeats)
+    for key, batch in (("batch_1", 1), ("batch_n", args.batch_size)):
+        for name, row in results[key].items():
+            row["forward_gflops_per_s"] = models[name]["gflops"] * batch / row["forward_ms"] * 1e3
     if len(runners) == 2:
         ours, theirs = (runner.name for runner in runners)
         results["ratios"] = [
@@ -309,8 +416,18 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
+def cpu_flags() -> str:
+    """The CPU's vector extensions that matter for these kernels (from /proc/cpuinfo)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split("flags", 1)[1].split("\n", 1)[0].split()
+    except (OSError, IndexError):
+        return ""
+    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_tile")
+    return " ".join(flag for flag in wanted if flag in flags)
+
+
 if __name__ == "__main__":
     try:
         sys.exit(main(parse_args()))
-    except (ConfigError, CheckpointError, WeightsError, PruningError) as error:
+    except UserError as error:
         sys.exit(f"error: {error}")

@@ -25,15 +25,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from data.dataset import IMAGE_EXTENSIONS, BadSampleError, read_image
+from data.records import IMAGE_EXTENSIONS, BadSampleError, read_image
 from models.build import build_postprocessor, build_trained_model
-from models.weights import WeightsError
-from utils.checkpoint import CheckpointError, config_and_checkpoint
+from utils.checkpoint import config_and_checkpoint
 from utils.config import (
-    ConfigError,
     add_config_arguments,
     apply_override,
 )
+from utils.errors import UserError
 from utils.inference import InferencePipeline, SpeedOptions
 from utils.log import setup_logging
 from utils.visualize import draw_detections
@@ -246,7 +245,7 @@ def main(args: argparse.Namespace) -> int:
 if __name__ == "__main__":
     try:
         sys.exit(main(parse_args()))
-    except (ConfigError, WeightsError, CheckpointError, FileNotFoundError) as error:
+    except (UserError, FileNotFoundError) as error:
         sys.exit(f"error: {error}")
     except cv2.error as error:
         sys.exit(f"error: OpenCV could not open a window or a file ({error.err})")

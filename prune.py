@@ -29,10 +29,10 @@ import torch
 from models.build import build_postprocessor, build_trained_model, count_flops, count_parameters
 from models.detector import SingleShotDetector
 from models.folding import fold_batchnorm
-from models.pruning import PruningError, channel_groups, prune_channels, select_channels
-from models.weights import WeightsError
-from utils.checkpoint import CheckpointError, config_and_checkpoint, save_checkpoint
-from utils.config import ConfigError, add_config_arguments, config_to_dict
+from models.pruning import channel_groups, prune_channels, select_channels
+from utils.checkpoint import config_and_checkpoint, save_checkpoint
+from utils.config import add_config_arguments, config_to_dict
+from utils.errors import UserError
 from utils.log import setup_logging
 from utils.timing import median_ms, time_interleaved
 
@@ -236,5 +236,5 @@ def main(args: argparse.Namespace) -> int:
 if __name__ == "__main__":
     try:
         sys.exit(main(parse_args()))
-    except (ConfigError, CheckpointError, WeightsError, PruningError) as error:
+    except UserError as error:
         sys.exit(f"error: {error}")

@@ -7,8 +7,10 @@
 
 The results directory (``--results-dir``, default ``train.output_dir/eval``) receives the
 VOC devkit files ``comp4_det_test_<class>.txt`` (``image_id score x1 y1 x2 y2``, 1-based
-pixels), ``detections_coco.json`` for the COCO metric, ``metrics.json`` and one
-precision/recall plot per class. ``--eval-only`` scores such a directory without a model.
+pixels), ``detections_coco.json`` for the COCO metric, ``metrics.json`` and
+``pr_curves.png`` (every class's precision/recall curve). ``--eval-only`` scores such a
+directory without a model, and without loading torch; ``--profile`` prints the seconds
+each stage took.
 """
 
 from __future__ import annotations
@@ -20,36 +22,25 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from data.dataset import BadSampleError
-from data.loader import (
-    DataError,
-    build_dataset,
-    build_eval_loader,
-    resolve_class_names,
-    val_annotation_file,
-)
-from models.build import build_model, build_postprocessor, build_trained_model
-from models.folding import fold_batchnorm
-from models.weights import WeightsError
-from utils.checkpoint import CheckpointError, config_and_checkpoint
-from utils.config import (
-    ConfigError,
-    add_config_arguments,
-)
-from utils.engine import predict
+# Only torch-free modules at the top: scoring a results directory (--eval-only) never
+# loads torch or torchvision; the model path imports them when it runs.
+from data.records import AnnotationRecord
+from data.sources import read_records, resolve_class_names, val_annotation_file
+from utils.config import Config, ConfigError, add_config_arguments, load_config
+from utils.errors import UserError
 from utils.evaluation import (
     COCO_RESULTS_FILE,
     coco_results,
     coco_truth_and_ids,
     plot_pr_curves,
+    read_voc_results_arrays,
     score_coco,
     score_voc_results,
     write_metrics,
     write_voc_results,
 )
 from utils.log import setup_logging
+from utils.timing import StageTimer, seconds_since_process_start
 
 logger = logging.getLogger("test")
 
@@ -81,7 +72,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="where results, metrics.json and plots go (default: train.output_dir/eval)",
     )
-    parser.add_argument("--no-plots", action="store_true", help="skip the per-class PR plots")
+    parser.add_argument("--no-plots", action="store_true", help="skip the precision/recall plot")
+    parser.add_argument(
+        "--profile", action="store_true", help="print the seconds each stage of the command took"
+    )
     parser.add_argument(
         "--fold-bn",
         action="store_true",
@@ -106,77 +100,114 @@ def print_table(result: dict[str, Any]) -> None:
         print(result["summary"], end="")
 
 
+def resolve_config(args: argparse.Namespace) -> tuple[Config, dict[str, Any] | None]:
+    """The config (``--config``, else the checkpoint's) and the project checkpoint."""
+    if args.checkpoint is None:
+        if args.config is None:
+            raise ConfigError(
+                "give --config, or --checkpoint of this project (it holds its config)"
+            )
+        return load_config(args.config, args.overrides), None
+    from utils.checkpoint import config_and_checkpoint
+
+    return config_and_checkpoint(args.config, args.overrides, args.checkpoint)
+
+
+def run_model(
+    args: argparse.Namespace,
+    config: Config,
+    checkpoint: dict[str, Any] | None,
+    records: list[AnnotationRecord],
+    class_names: list[str],
+) -> tuple[list[dict[str, Any] | None], dict[str, Any]]:
+    """Detections (per record, pixels) of the model and its speed."""
+    import torch
+
+    from data.loader import build_dataset, build_eval_loader
+    from models.build import build_model, build_postprocessor, build_trained_model
+    from models.folding import fold_batchnorm
+    from utils.engine import predict
+
+    if args.checkpoint is None and not config.model.weights:
+        raise ConfigError("give --checkpoint (or model.weights) to evaluate a model")
+    device = torch.device(
+        "cuda" if torch.cuda.is_available() and config.train.device != "cpu" else "cpu"
+    )
+    if args.checkpoint is not None:
+        model = build_trained_model(config, args.checkpoint, checkpoint)
+    else:
+        model = build_model(config)
+    model.eval()
+    if args.fold_bn:
+        logger.info("folded %d BatchNorm layers into convs", fold_batchnorm(model))
+    model = model.to(device)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    postprocessor = build_postprocessor(config, model.priors_cxcywh).to(device)
+    dataset = build_dataset(config, "val", class_names, records)
+    detections, timing = predict(
+        model,
+        postprocessor,
+        build_eval_loader(dataset, config),
+        device,
+        channels_last=args.channels_last,
+    )
+    speed = {**timing.ms_per_image(), "device": str(device), "batch_size": config.eval.batch_size}
+    return detections, speed
+
+
 def main(args: argparse.Namespace) -> int:
     setup_logging(is_main=True)
-    config, checkpoint = config_and_checkpoint(args.config, args.overrides, args.checkpoint)
-    if len(config.data.val_sets) != 1 and config.eval.metric == "coco":
+    timer = StageTimer()
+    with timer.stage("config"):
+        config, checkpoint = resolve_config(args)
+    metric = config.eval.metric
+    if len(config.data.val_sets) != 1 and metric == "coco":
         raise ConfigError(
             "the COCO metric scores one annotation file: give one data.val_sets entry"
         )
-    class_names = resolve_class_names(config)
-    dataset = build_dataset(config, "val", class_names)
-    records = dataset.records
-    metric = config.eval.metric
     if args.eval_only is not None and not args.eval_only.is_dir():
         raise FileNotFoundError(f"{args.eval_only}: results directory not found")
+    with timer.stage("annotations"):
+        class_names = resolve_class_names(config)
+        records = read_records(config, "val", class_names)
     results_dir = args.eval_only or args.results_dir or Path(config.train.output_dir) / "eval"
     results_dir.mkdir(parents=True, exist_ok=True)
+    coco_truth = None
+    if metric == "coco":
+        with timer.stage("COCO ground truth"):
+            coco_truth = coco_truth_and_ids(records, class_names, val_annotation_file(config))
 
     speed = None
     if args.eval_only is None:
-        if args.checkpoint is None and not config.model.weights:
-            raise ConfigError("give --checkpoint (or model.weights) to evaluate a model")
-        device = torch.device(
-            "cuda" if torch.cuda.is_available() and config.train.device != "cpu" else "cpu"
-        )
-        if args.checkpoint is not None:
-            model = build_trained_model(config, args.checkpoint, checkpoint)
-        else:
-            model = build_model(config)
-        model.eval()
-        if args.fold_bn:
-            logger.info("folded %d BatchNorm layers into convs", fold_batchnorm(model))
-        model = model.to(device)
-        if args.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        postprocessor = build_postprocessor(config, model.priors_cxcywh).to(device)
-        detections, timing = predict(
-            model,
-            postprocessor,
-            build_eval_loader(dataset, config),
-            device,
-            channels_last=args.channels_last,
-        )
-        speed = {
-            **timing.ms_per_image(),
-            "device": str(device),
-            "batch_size": config.eval.batch_size,
-        }
-        write_voc_results(records, detections, class_names, results_dir)
-        category_ids = None
-        if metric == "coco":
-            _, image_ids, category_ids = coco_truth_and_ids(
-                records, class_names, val_annotation_file(config)
-            )
-            entries = coco_results(detections, image_ids, category_ids)
-            (results_dir / COCO_RESULTS_FILE).write_text(json.dumps(entries), encoding="utf-8")
+        with timer.stage("model and inference"):
+            detections, speed = run_model(args, config, checkpoint, records, class_names)
+        with timer.stage("results files"):
+            write_voc_results(records, detections, class_names, results_dir)
+            if coco_truth is not None:
+                _, image_ids, category_ids = coco_truth
+                entries = coco_results(detections, image_ids, category_ids)
+                (results_dir / COCO_RESULTS_FILE).write_text(json.dumps(entries), encoding="utf-8")
 
-    if metric == "coco":
-        coco, _, _ = coco_truth_and_ids(records, class_names, val_annotation_file(config))
+    if coco_truth is not None:
         results_file = results_dir / COCO_RESULTS_FILE
         if not results_file.is_file():
             raise FileNotFoundError(f"{results_file}: COCO results file not found")
-        result = score_coco(coco, json.loads(results_file.read_text(encoding="utf-8")), class_names)
+        with timer.stage("results files"):
+            entries = json.loads(results_file.read_text(encoding="utf-8"))
+        with timer.stage("scoring"):
+            result = score_coco(coco_truth[0], entries, class_names)
     else:
-        result = score_voc_results(
-            results_dir,
-            records,
-            class_names,
-            use_07_metric=metric == "voc07",
-            iou_threshold=config.eval.iou_threshold,
-        )
-        if not args.no_plots:
-            plot_pr_curves(result["curves"], results_dir)
+        with timer.stage("results files"):
+            detections_read = read_voc_results_arrays(results_dir, records, class_names)
+        with timer.stage("scoring"):
+            result = score_voc_results(
+                detections_read,
+                records,
+                class_names,
+                use_07_metric=metric == "voc07",
+                iou_threshold=config.eval.iou_threshold,
+            )
     if speed is not None:
         result["speed"] = speed
     print_table(result)
@@ -186,15 +217,24 @@ def main(args: argparse.Namespace) -> int:
             f"{speed['forward_ms']:.2f} ms/image, post-processing {speed['postprocess_ms']:.2f} "
             f"ms/image, {speed['fps']:.1f} FPS"
         )
-    path = write_metrics(result, results_dir)
+    with timer.stage("metrics.json"):
+        path = write_metrics(result, results_dir)
+    # The plot comes after the numbers are out, so a user sees them first.
+    if "curves" in result and not args.no_plots:
+        with timer.stage("PR plot"):
+            plot_pr_curves(result["curves"], results_dir)
     print(f"results and metrics in {results_dir} ({path.name})")
+    if args.profile:
+        started = seconds_since_process_start()
+        if started is not None:
+            startup = started - sum(timer.seconds.values())
+            timer.seconds = {"start-up and imports": startup, **timer.seconds}
+        print("time per stage:\n" + timer.table())
     return 0
 
 
 if __name__ == "__main__":
     try:
         sys.exit(main(parse_args()))
-    except (ConfigError, DataError, WeightsError, CheckpointError, BadSampleError) as error:
-        sys.exit(f"error: {error}")
-    except (FileNotFoundError, ValueError) as error:
+    except (UserError, FileNotFoundError, ValueError) as error:
         sys.exit(f"error: {error}")

@@ -28,22 +28,18 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from data.dataset import BadSampleError, read_image
 from data.loader import (
-    DataError,
     build_dataset,
     build_eval_loader,
     build_train_loader,
     iterations_per_epoch,
-    prepare_data,
-    resolve_class_names,
-    val_annotation_file,
 )
+from data.records import BadSampleError, read_image
+from data.sources import prepare_data, resolve_class_names, val_annotation_file
 from models.build import build_loss, build_model, build_postprocessor
-from models.pruning import PruningError, prunable_norm_names
-from models.weights import WeightsError, load_detector_weights
+from models.pruning import prunable_norm_names
+from models.weights import load_detector_weights
 from utils.checkpoint import (
-    CheckpointError,
     capture_rng_state,
     channel_widths,
     load_checkpoint,
@@ -77,6 +73,7 @@ from utils.engine import (
     predict,
     train_one_epoch,
 )
+from utils.errors import UserError
 from utils.evaluation import coco_results, coco_truth_and_ids, score_coco
 from utils.log import MetricsWriter, setup_logging
 from utils.optim import build_optimizer, build_scheduler
@@ -537,14 +534,7 @@ class TrainingRun:
 if __name__ == "__main__":
     try:
         sys.exit(main(parse_args()))
-    except (
-        ConfigError,
-        DataError,
-        WeightsError,
-        CheckpointError,
-        BadSampleError,
-        PruningError,
-    ) as error:
+    except UserError as error:
         sys.exit(f"error: {error}")
     except KeyboardInterrupt:
         sys.exit("interrupted")

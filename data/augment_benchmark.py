@@ -19,7 +19,7 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from data.dataset import read_image
+from data.records import read_image
 from data.transforms import MEAN_FILL_RGB, SSDAugmentation
 
 

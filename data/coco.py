@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from pycocotools.coco import COCO
 
-from data.dataset import AnnotationRecord, ProblemReport, clean_boxes
+from data.records import AnnotationRecord, ProblemReport, clean_boxes
 
 logger = logging.getLogger(__name__)
 

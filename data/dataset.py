@@ -1,24 +1,17 @@
-"""What every dataset reader produces: annotation records, and a dataset that loads them.
-
-Readers (VOC, COCO, custom, shapes) parse all annotations up front into
-:class:`AnnotationRecord` objects, reporting bad ones through :class:`ProblemReport`;
-:class:`DetectionDataset` then only reads images. Boxes are pixels, ``xyxy``, 0-based
-and continuous: a VOC box over pixels ``xmin..xmax`` (1-based, inclusive) becomes
-``[xmin - 1, xmax]``.
-"""
+"""The dataset that loads images for annotation records (``data/records.py``) through a
+transform, with a reproducible random stream per sample and epoch."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+from data.records import AnnotationRecord, BadSampleError, read_image
 
 logger = logging.getLogger(__name__)
 
@@ -28,133 +21,6 @@ Transform = Callable[
     [np.ndarray, np.ndarray, np.ndarray, np.random.Generator],
     tuple[np.ndarray, np.ndarray, np.ndarray],
 ]
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-
-
-class BadSampleError(RuntimeError):
-    """A sample that cannot be used; the message names the file and the problem."""
-
-
-@dataclass
-class AnnotationRecord:
-    """One image and its objects. Boxes ``[G, 4]`` float32 pixels xyxy (0-based)."""
-
-    image_id: str
-    image_path: Path
-    width: int
-    height: int
-    boxes: np.ndarray
-    labels: np.ndarray  # [G] int64 in 1..C-1
-    difficult: np.ndarray  # [G] bool
-    source: str  # the annotation file (for messages)
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def num_objects(self) -> int:
-        return int(self.labels.shape[0])
-
-
-class ProblemReport:
-    """Collects problems found in a dataset, applying the skip/stop policy.
-
-    ``stop`` raises :class:`BadSampleError` at the first problem; ``skip`` logs each one
-    (the first ``max_logged`` in full) and lets the reader leave the object or image out.
-    """
-
-    def __init__(self, policy: Literal["skip", "stop"], max_logged: int = 20) -> None:
-        self.policy = policy
-        self.max_logged = max_logged
-        self.problems: list[str] = []
-
-    def report(self, source: str | Path, problem: str) -> None:
-        message = f"{source}: {problem}"
-        if self.policy == "stop":
-            raise BadSampleError(message)
-        self.problems.append(message)
-        if len(self.problems) <= self.max_logged:
-            logger.warning("%s", message)
-
-    def summarize(self, what: str) -> None:
-        hidden = len(self.problems) - self.max_logged
-        if hidden > 0:
-            logger.warning("%s: %d more problems not shown", what, hidden)
-
-
-def clean_boxes(
-    boxes: np.ndarray,
-    width: int,
-    height: int,
-    source: str,
-    problems: ProblemReport,
-) -> np.ndarray:
-    """Boolean mask of usable boxes; boxes outside the image are clipped in place.
-
-    Inverted or empty boxes are reported and masked out; boxes reaching outside the
-    image are reported and clipped to it.
-    """
-    keep = np.ones(len(boxes), dtype=bool)
-    for index, box in enumerate(boxes):
-        x1, y1, x2, y2 = box
-        if x2 <= x1 or y2 <= y1:
-            problems.report(source, f"box {index} {_fmt(box)} is inverted or empty; left out")
-            keep[index] = False
-            continue
-        if x1 < 0 or y1 < 0 or x2 > width or y2 > height:
-            clipped = np.array(
-                [max(x1, 0), max(y1, 0), min(x2, width), min(y2, height)], dtype=np.float32
-            )
-            if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
-                problems.report(
-                    source,
-                    f"box {index} {_fmt(box)} lies outside the {width}x{height} image; left out",
-                )
-                keep[index] = False
-                continue
-            problems.report(
-                source,
-                f"box {index} {_fmt(box)} reaches outside the {width}x{height} image; "
-                f"clipped to {_fmt(clipped)}",
-            )
-            boxes[index] = clipped
-    return keep
-
-
-def _fmt(box: np.ndarray) -> str:
-    return "[" + ", ".join(f"{value:g}" for value in box) + "]"
-
-
-def read_image(path: Path) -> np.ndarray:
-    """RGB uint8 ``[H, W, 3]``.
-
-    Raises:
-        BadSampleError: the file is missing, unreadable or not an image.
-    """
-    if not path.is_file():
-        raise BadSampleError(f"{path}: image file not found")
-    data = np.fromfile(path, dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if image is None:
-        raise BadSampleError(f"{path}: unreadable or corrupt image")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
-def find_image(directories: Sequence[Path], file_name: str | None, image_id: str) -> Path | None:
-    """The image an annotation names, else one whose stem is the annotation's id."""
-    if file_name:
-        for directory in directories:
-            candidate = directory / file_name
-            if candidate.is_file():
-                return candidate
-    for directory in directories:
-        for extension in IMAGE_EXTENSIONS:
-            for candidate in (
-                directory / f"{image_id}{extension}",
-                directory / f"{image_id}{extension.upper()}",
-            ):
-                if candidate.is_file():
-                    return candidate
-    return None
 
 
 def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:

@@ -1,137 +1,20 @@
-"""Datasets and loaders from the config: the one place that reads ``data`` and ``augment``."""
+"""Datasets and loaders from the config: transforms (``augment``), datasets, samplers, batches."""
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import cv2
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from data.coco import coco_class_names, coco_set_paths, load_coco, read_coco
-from data.dataset import AnnotationRecord, DetectionDataset, ProblemReport, Transform
-from data.shapes import SHAPE_CLASSES, ensure_shapes_dataset
+from data.dataset import DetectionDataset, Transform
+from data.records import AnnotationRecord
+from data.sources import DataError, read_records
 from data.transforms import EvalTransform, SSDAugmentation
-from data.voc import (
-    VOC_CLASSES,
-    annotation_files,
-    discover_class_names,
-    read_voc_format,
-    voc_year_folder,
-)
 from utils.config import Config
-
-logger = logging.getLogger(__name__)
-
-
-class DataError(RuntimeError):
-    """A dataset that cannot be read as configured; the message says what to change."""
-
-
-def prepare_data(config: Config) -> None:
-    """Generate the shapes dataset if it is the configured one and is missing."""
-    data = config.data
-    if data.dataset == "shapes":
-        try:
-            ensure_shapes_dataset(
-                data.root,
-                num_train=data.shapes_train_images,
-                num_val=data.shapes_val_images,
-                image_size=data.shapes_image_size,
-                seed=data.shapes_seed,
-            )
-        except ValueError as error:
-            raise DataError(str(error)) from error
-
-
-def resolve_class_names(config: Config) -> list[str]:
-    """The class names (labels 1..C-1): the config's, else the dataset's own.
-
-    Raises:
-        DataError: they do not fit ``model.num_classes`` (which counts background).
-    """
-    data = config.data
-    root = Path(data.root)
-    if data.class_names:
-        names = list(data.class_names)
-    elif data.dataset == "shapes":
-        names = list(SHAPE_CLASSES)
-    elif data.dataset == "voc":
-        names = list(VOC_CLASSES)
-    elif data.dataset == "coco":
-        annotation_file, _ = coco_set_paths(root, data.train_sets[0])
-        try:
-            names = coco_class_names(load_coco(annotation_file))
-        except (FileNotFoundError, ValueError) as error:
-            raise DataError(str(error)) from error
-    else:
-        files = [
-            path
-            for split in [*data.train_sets, *data.val_sets]
-            for path in _custom_annotation_files(root, split)
-        ]
-        names = discover_class_names(files)
-        if not names:
-            raise DataError(f"{root}: no object names found in any annotation file")
-        logger.info("classes found in %s: %s", root, ", ".join(names))
-    if config.model.num_classes != len(names) + 1:
-        raise DataError(
-            f"model.num_classes is {config.model.num_classes} but the dataset has "
-            f"{len(names)} classes ({', '.join(names[:5])}{', …' if len(names) > 5 else ''}); "
-            f"set model.num_classes={len(names) + 1} (background counts as one)"
-        )
-    return names
-
-
-def _custom_annotation_files(root: Path, split: str) -> list[Path]:
-    try:
-        return annotation_files(root, split)
-    except FileNotFoundError as error:
-        raise DataError(str(error)) from error
-
-
-def read_records(config: Config, split: str, class_names: list[str]) -> list[AnnotationRecord]:
-    """All annotation records of the ``train`` or ``val`` sets.
-
-    Raises:
-        DataError: a set cannot be found or yields no images.
-        BadSampleError: a bad sample under ``data.on_bad_sample=stop``.
-    """
-    data = config.data
-    root = Path(data.root)
-    sets = data.train_sets if split == "train" else data.val_sets
-    problems = ProblemReport(data.on_bad_sample)
-    records: list[AnnotationRecord] = []
-    for set_name in sets:
-        try:
-            if data.dataset == "voc":
-                folder, voc_split = voc_year_folder(root, set_name)
-                records += read_voc_format(folder, voc_split, class_names, problems)
-            elif data.dataset == "coco":
-                annotation_file, image_dir = coco_set_paths(root, set_name)
-                records += read_coco(
-                    annotation_file, image_dir, class_names, problems, keep_empty=split != "train"
-                )
-            else:
-                records += read_voc_format(root, set_name, class_names, problems)
-        except (FileNotFoundError, ValueError) as error:
-            raise DataError(str(error)) from error
-    problems.summarize(f"{data.dataset} {split} sets {sets}")
-    if not records:
-        raise DataError(f"{root}: the {split} sets {sets} hold no usable images")
-    return records
-
-
-def val_annotation_file(config: Config) -> Path | None:
-    """The COCO annotation file of the (first) validation set; None for other datasets."""
-    if config.data.dataset != "coco":
-        return None
-    annotation_file, _ = coco_set_paths(Path(config.data.root), config.data.val_sets[0])
-    return annotation_file
 
 
 def build_transform(config: Config, train: bool) -> Transform:
@@ -156,11 +39,17 @@ def build_transform(config: Config, train: bool) -> Transform:
     )
 
 
-def build_dataset(config: Config, split: str, class_names: list[str]) -> DetectionDataset:
-    """The ``train`` (augmented) or ``val`` (resized only) dataset."""
+def build_dataset(
+    config: Config,
+    split: str,
+    class_names: list[str],
+    records: list[AnnotationRecord] | None = None,
+) -> DetectionDataset:
+    """The ``train`` (augmented) or ``val`` (resized only) dataset, of ``records`` when
+    they were read already."""
     train = split == "train"
     return DetectionDataset(
-        read_records(config, split, class_names),
+        read_records(config, split, class_names) if records is None else records,
         class_names,
         build_transform(config, train),
         seed=config.train.seed,

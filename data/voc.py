@@ -7,6 +7,7 @@ The same reader serves three datasets: Pascal VOC (``VOCdevkit/VOC2007`` …), c
 from __future__ import annotations
 
 import logging
+import math
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from data.dataset import AnnotationRecord, BadSampleError, ProblemReport, clean_boxes, find_image
+from data.records import AnnotationRecord, BadSampleError, ProblemReport, clean_boxes, find_image
 
 logger = logging.getLogger(__name__)
 
@@ -23,11 +24,6 @@ VOC_CLASSES = (
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
     "train", "tvmonitor",
 )  # fmt: skip
-
-
-def _text(element: ElementTree.Element | None, tag: str) -> str | None:
-    child = element.find(tag) if element is not None else None
-    return child.text.strip() if child is not None and child.text else None
 
 
 def read_voc_xml(path: Path) -> dict:
@@ -40,27 +36,30 @@ def read_voc_xml(path: Path) -> dict:
         root = ElementTree.parse(path).getroot()
     except (ElementTree.ParseError, OSError) as error:
         raise BadSampleError(f"{path}: not a readable XML annotation ({error})") from error
-    size = root.find("size")
     objects = []
-    for index, element in enumerate(root.findall("object")):
+    for index, element in enumerate(root.iterfind("object")):
         box = element.find("bndbox")
         try:
-            coords = [float(_text(box, tag) or "nan") for tag in ("xmin", "ymin", "xmax", "ymax")]
+            coords = [
+                float(box.findtext(tag) or "nan") if box is not None else math.nan
+                for tag in ("xmin", "ymin", "xmax", "ymax")
+            ]
         except ValueError as error:
             raise BadSampleError(f"{path}: object {index} has a non-numeric box") from error
-        if any(np.isnan(value) for value in coords):
+        if any(math.isnan(value) for value in coords):
             raise BadSampleError(f"{path}: object {index} has no complete <bndbox>")
         objects.append(
             {
-                "name": _text(element, "name") or "",
+                "name": (element.findtext("name") or "").strip(),
                 "box": coords,
-                "difficult": (_text(element, "difficult") or "0") == "1",
+                "difficult": (element.findtext("difficult") or "0").strip() == "1",
             }
         )
+    filename = (root.findtext("filename") or "").strip()
     return {
-        "filename": _text(root, "filename"),
-        "width": int(float(_text(size, "width") or 0)),
-        "height": int(float(_text(size, "height") or 0)),
+        "filename": filename or None,
+        "width": int(float(root.findtext("size/width") or 0)),
+        "height": int(float(root.findtext("size/height") or 0)),
         "objects": objects,
     }
 
@@ -192,11 +191,12 @@ def read_voc_format(
 ) -> list[AnnotationRecord]:
     """Records of one split of a folder holding VOC-style XML (and the images)."""
     records = []
+    directories = image_dirs(folder)
     for path in annotation_files(folder, split):
         if not path.is_file():
             problems.report(path, f"annotation file listed in split '{split}' not found")
             continue
-        record = parse_annotation(path, image_dirs(folder), class_names, problems)
+        record = parse_annotation(path, directories, class_names, problems)
         if record is not None:
             records.append(record)
     return records

@@ -28,10 +28,8 @@ from layers.box_coding import decode
 from models.build import build_model_to_run
 from models.detector import SingleShotDetector
 from models.folding import fold_batchnorm
-from models.pruning import PruningError
-from models.weights import WeightsError
-from utils.checkpoint import CheckpointError
-from utils.config import ConfigError, add_config_arguments
+from utils.config import add_config_arguments
+from utils.errors import UserError
 from utils.log import setup_logging
 
 logger = logging.getLogger(__name__)
@@ -140,5 +138,5 @@ def main(args: argparse.Namespace) -> int:
 if __name__ == "__main__":
     try:
         sys.exit(main(parse_args()))
-    except (ConfigError, CheckpointError, WeightsError, PruningError, RuntimeError) as error:
+    except (UserError, RuntimeError) as error:
         sys.exit(f"error: {error}")

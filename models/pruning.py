@@ -48,11 +48,12 @@ from models.mobilenet import MobileNetV2Backbone
 from models.resnet import ResNetBackbone
 from models.ssd import ExtraLayers, SSDFeatures
 from models.vgg import VGG16Backbone
+from utils.errors import UserError
 
 logger = logging.getLogger(__name__)
 
 
-class PruningError(ValueError):
+class PruningError(UserError, ValueError):
     """A model or a width description that pruning cannot handle; the message says why."""
 
 

@@ -11,8 +11,8 @@ import sys
 from typing import Any
 
 from models.build import build_model, count_flops, count_parameters, measure_feature_map_sizes
-from models.weights import WeightsError
-from utils.config import ConfigError, add_config_arguments, load_config
+from utils.config import add_config_arguments, load_config
+from utils.errors import UserError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -64,5 +64,5 @@ def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     try:
         main(parse_args())
-    except (ConfigError, WeightsError, ValueError) as error:
+    except (UserError, ValueError) as error:
         sys.exit(f"error: {error}")

@@ -25,6 +25,7 @@ import torchvision
 from torch import Tensor, nn
 
 from layers.blocks import ConvBNReLU
+from utils.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ PIXEL_FORMAT_OF_SOURCE = {
 FSSD_PYTORCH_GROUPS = ("base", "extras", "ft_module", "pyramid_ext", "loc", "conf")
 
 
-class WeightsError(RuntimeError):
+class WeightsError(UserError, RuntimeError):
     """Weights that are missing or do not fit; the message names the file and the problem."""
 
 

@@ -3,8 +3,9 @@ import pytest
 import torch
 
 from data.coco import read_coco
-from data.dataset import BadSampleError, DetectionDataset, ProblemReport
+from data.dataset import DetectionDataset
 from data.loader import ResumableSampler, collate
+from data.records import BadSampleError, ProblemReport
 from data.shapes import SHAPE_CLASSES, ensure_shapes_dataset, generate_image
 from data.transforms import EvalTransform, SSDAugmentation
 from data.voc import VOC_CLASSES, discover_class_names, read_voc_format
@@ -176,7 +177,7 @@ def test_shapes_generator_is_deterministic_and_checks_its_manifest(tmp_path):
 def test_augmentation_keeps_boxes_inside_and_labels_in_step(shared_dir):
     records = voc_mini(shared_dir)[:20]
     augment = SSDAugmentation(size=96)
-    from data.dataset import read_image
+    from data.records import read_image
 
     for index, record in enumerate(records):
         image = read_image(record.image_path)

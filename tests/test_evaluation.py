@@ -1,6 +1,7 @@
 import contextlib
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,14 +10,16 @@ from pycocotools.cocoeval import COCOeval
 
 import test as test_script
 import train
+from data.records import AnnotationRecord
 from data.voc import VOC_CLASSES
 from tests.conftest import REPO_ROOT, tiny_train_overrides
 from tests.test_data import voc_mini, voc_mini_coco
-from utils.eval_benchmark import classic_voc_ap
+from tools.eval_benchmark import classic_voc_ap
 from utils.evaluation import (
     COCO_STAT_NAMES,
     coco_results,
     read_voc_results,
+    read_voc_results_arrays,
     score_coco,
     score_voc_results,
     write_voc_results,
@@ -105,7 +108,12 @@ def test_voc_numbers_equal_an_independent_computation(shared_dir, tmp_path, use_
     # test.py holds 0-based continuous boxes; the files it writes are devkit pixels.
     continuous = [{**item, "boxes": item["boxes"] - np.array([1, 1, 0, 0])} for item in devkit]
     write_voc_results(records, continuous, VOC_CLASSES, tmp_path)
-    result = score_voc_results(tmp_path, records, VOC_CLASSES, use_07_metric=use_07_metric)
+    result = score_voc_results(
+        read_voc_results_arrays(tmp_path, records, VOC_CLASSES),
+        records,
+        VOC_CLASSES,
+        use_07_metric=use_07_metric,
+    )
     aps = []
     for label, name in enumerate(VOC_CLASSES, start=1):
         det_images = np.concatenate(
@@ -125,9 +133,56 @@ def test_voc_numbers_equal_an_independent_computation(shared_dir, tmp_path, use_
         assert result["ap_per_class"][name] == pytest.approx(expected, abs=1e-9), name
         aps.append(expected)
     assert result["mAP"] == pytest.approx(np.mean(aps), abs=1e-9)
-    # The files hold 1-based pixels and read back to the devkit boxes.
+    # The files hold 1-based pixels and read back to the devkit detections, image by image.
     back = read_voc_results(tmp_path, records, VOC_CLASSES)
-    assert sum(len(item["scores"]) for item in back) == 452
+    assert len(back) == len(devkit)
+    for read, written in zip(back, devkit, strict=True):
+        rows_read = np.column_stack([read["labels"], read["scores"], read["boxes"]])
+        rows_written = np.column_stack([written["labels"], written["scores"], written["boxes"]])
+        np.testing.assert_allclose(
+            rows_read[np.lexsort(rows_read.T[::-1])],
+            rows_written[np.lexsort(rows_written.T[::-1])],
+            rtol=1e-7,
+        )
+
+
+def _results_dir(tmp_path, lines_by_class):
+    for name in ("a", "b"):
+        (tmp_path / f"comp4_det_test_{name}.txt").write_text(lines_by_class.get(name, ""))
+    return tmp_path
+
+
+def _record(image_id):
+    return AnnotationRecord(
+        image_id=image_id, image_path=Path(f"{image_id}.jpg"), width=100, height=100,
+        boxes=np.zeros((0, 4), np.float32), labels=np.zeros(0, np.int64),
+        difficult=np.zeros(0, bool), source="test",
+    )  # fmt: skip
+
+
+def test_results_reader_takes_any_spacing_and_blank_lines(tmp_path):
+    text = "img1 0.5 1 2 3 4\r\n\n  img2\t0.25  5 6 7 8.5 \nimg1 1e-3 0 0 10 10"
+    directory = _results_dir(tmp_path, {"a": text, "b": ""})
+    flat = read_voc_results_arrays(directory, [_record("img1"), _record("img2")], ["a", "b"])
+    np.testing.assert_array_equal(flat["images"], [0, 1, 0])
+    np.testing.assert_array_equal(flat["scores"], [0.5, 0.25, 1e-3])
+    np.testing.assert_array_equal(flat["boxes"], [[1, 2, 3, 4], [5, 6, 7, 8.5], [0, 0, 10, 10]])
+    np.testing.assert_array_equal(flat["labels"], [1, 1, 1])
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("img1 0.5 1 2 3 4\nimg1 0.5 1 2 3\n", r"comp4_det_test_a.txt:2: expected 'image_id"),
+        ("img1 0.5 1 2 3\nimg1 0.5 1 2 3 4 5\n", r"comp4_det_test_a.txt:1: expected"),
+        ("img1 0.5 1 2 3 4\n\nimg9 0.5 1 2 3 4\n", r"a.txt:3: image 'img9' is not in the data"),
+        ("img1 0.5 1 2 3 4\nimg1 high 1 2 3 4\n", r"a.txt:2: non-numeric value"),
+    ],
+)
+def test_results_reader_names_the_first_bad_line(tmp_path, text, message):
+    directory = _results_dir(tmp_path, {"a": text})
+    with pytest.raises(ValueError, match=message):
+        read_voc_results_arrays(directory, [_record("img1")], ["a", "b"])
 
 
 def test_test_script_writes_results_and_rescores_them(tiny_shapes_root, tmp_path, capsys):
@@ -151,7 +206,7 @@ def test_test_script_writes_results_and_rescores_them(tiny_shapes_root, tmp_path
     assert set(metrics["ap_per_class"]) == {"ellipse", "rectangle", "triangle", "star", "cross"}
     assert {"forward_ms", "postprocess_ms", "fps"} <= set(metrics["speed"])
     assert len(list(results.glob("comp4_det_test_*.txt"))) == 5
-    assert len(list(results.glob("pr_*.png"))) == 5
+    assert (results / "pr_curves.png").stat().st_size > 0
     lines = (results / "comp4_det_test_star.txt").read_text().splitlines()
     assert all(len(line.split()) == 6 for line in lines)
     # The mAP of training's last evaluation, from the written files.

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import numpy as np
@@ -115,17 +116,46 @@ def test_cuda_graphs_replay_the_forward():
 
 def test_benchmark_script_against_torchvision(tmp_path, capsys):
     output = tmp_path / "bench.json"
-    arguments = ["--batch-size", "2", "--repeats", "1", "--warmup", "0", "--compare",
+    arguments = ["--batch-size", "2", "--repeats", "2", "--warmup", "0", "--compare",
                  "torchvision", "--input-size", "160x120", "--json", str(output),
-                 "--fold-bn", "--inference-mode", *TINY_MODEL]  # fmt: skip
+                 "--fold-bn", "--inference-mode", "--channels-last", *TINY_MODEL]  # fmt: skip
     assert benchmark.main(benchmark.parse_args(arguments)) == 0
     results = json.loads(output.read_text())
+    config = load_config(None, TINY_MODEL)
     assert results["batch_size"] == 2 and results["num_priors"] > 0
-    assert results["options"]["fold_bn"] and results["options"]["inference_mode"]
-    for key in ("batch_1", "batch_n"):
+    ours, theirs = results["models"]["ours (fssd)"], results["models"]["torchvision ssd300_vgg16"]
+    assert ours["options"]["fold_bn"] and not theirs["options"]["fold_bn"]
+    assert {**ours["options"], "fold_bn": False} == theirs["options"]
+    assert ours["num_classes"] == theirs["num_classes"] == config.model.num_classes
+    # torchvision's SSD300 has 69.716 GFLOPs at its default 91 classes; each class costs
+    # 2 * 9 * sum(H * W * C_in * anchors) = 2 * 9 * 5,531,136 FLOPs in its classifier.
+    expected = 69.716306944 - (91 - config.model.num_classes) * 2 * 9 * 5_531_136 / 1e9
+    assert theirs["input_size"] == 300
+    assert theirs["gflops"] == pytest.approx(expected, abs=1e-6)
+    assert results["matmul_fp32_gflops"] > 0
+    for key, batch in (("batch_1", 1), ("batch_n", 2)):
         assert set(results[key]) == {"ours (fssd)", "torchvision ssd300_vgg16"}
-        for row in results[key].values():
-            parts = row["preprocess_ms"] + row["forward_ms"] + row["post_ms"]
-            assert row["total_ms"] == pytest.approx(parts) and row["forward_ms"] > 0
+        for name, row in results[key].items():
+            rate = results["models"][name]["gflops"] * batch / row["forward_ms"] * 1e3
+            assert row["forward_gflops_per_s"] == pytest.approx(rate)
     printed = capsys.readouterr().out
-    assert "total_ms ours/torchvision" in printed
+    assert "total_ms ours/torchvision" in printed and "fp32 matmul" in printed
+
+
+@pytest.mark.parametrize("compile_network", [False, True])
+def test_torchvision_peer_gets_our_speed_paths_and_class_count(compile_network):
+    arguments = ["--compare", "torchvision", "--channels-last", "--inference-mode",
+                 "--fold-bn", *(["--compile"] if compile_network else []), *TINY_MODEL]  # fmt: skip
+    runners, config = benchmark.build_runners(benchmark.parse_args(arguments), CPU)
+    ours, theirs = runners
+    assert theirs.options == dataclasses.replace(ours.options, fold_bn=False)
+    assert theirs.num_classes == config.model.num_classes
+    head = theirs.model.head.classification_head
+    assert head.num_columns == config.model.num_classes
+    assert all(conv.out_channels % config.model.num_classes == 0 for conv in head.module_list)
+    assert theirs.runner.module.backbone.features[0].weight.is_contiguous(
+        memory_format=torch.channels_last
+    )
+    assert isinstance(theirs.runner.callable, torch._dynamo.eval_frame.OptimizedModule) == (
+        compile_network
+    )

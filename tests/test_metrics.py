@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from utils.eval_benchmark import classic_voc_ap
+from tools.eval_benchmark import classic_voc_ap
 from utils.metrics import evaluate_class, evaluate_voc
 
 

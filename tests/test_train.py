@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import train
+from data.sources import DataError
 from tests.conftest import REPO_ROOT, tiny_train_overrides
 from utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from utils.config import load_config
@@ -171,7 +172,7 @@ def test_bad_image_stops_cleanly_or_is_skipped(tmp_path, caplog):
 
 
 def test_num_classes_must_fit_the_dataset(tiny_shapes_root, tmp_path):
-    with pytest.raises(train.DataError, match=r"set model\.num_classes=6"):
+    with pytest.raises(DataError, match=r"set model\.num_classes=6"):
         run_train(*tiny_train_overrides(tiny_shapes_root, tmp_path / "run"), "model.num_classes=21")
 
 

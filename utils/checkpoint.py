@@ -17,9 +17,10 @@ import numpy as np
 import torch
 
 from utils.config import Config, ConfigError, apply_override, config_from_dict, load_config
+from utils.errors import UserError
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that cannot be read; the message names the file."""
 
 

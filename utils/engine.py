@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from data.dataset import AnnotationRecord
+from data.records import AnnotationRecord
 from utils.distributed import DistributedContext, all_reduce_mean, broadcast_flag
 from utils.log import MetricsWriter
 from utils.metrics import evaluate_voc

@@ -11,15 +11,20 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import json
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
-from data.dataset import AnnotationRecord
-from utils.metrics import ClassResult, evaluate_voc
+from data.records import AnnotationRecord
+from utils.metrics import ClassResult, evaluate_voc_arrays
+from utils.visualize import draw_pr_curves
 
 VOC_RESULTS_PREFIX = "comp4_det_test_"
 COCO_RESULTS_FILE = "detections_coco.json"
@@ -63,67 +68,203 @@ def write_voc_results(
     return paths
 
 
-def read_voc_results(
+def read_voc_results_arrays(
     directory: Path, records: Sequence[AnnotationRecord], class_names: Sequence[str]
-) -> list[dict[str, np.ndarray]]:
-    """Per-image detections (devkit pixels) from a results directory.
+) -> dict[str, np.ndarray]:
+    """Every detection of a results directory (devkit pixels) as flat arrays: ``images``
+    ``[D]`` (record index), ``scores`` ``[D]``, ``boxes`` ``[D, 4]``, ``labels`` ``[D]``.
 
     Raises:
         FileNotFoundError: a class has no results file.
-        ValueError: a line is malformed or names an image the dataset does not have.
+        ValueError: a line is malformed or names an image the dataset does not have
+            (the message gives the file and line number).
     """
     index_of = {record.image_id: index for index, record in enumerate(records)}
-    boxes: list[list[list[float]]] = [[] for _ in records]
-    scores: list[list[float]] = [[] for _ in records]
-    labels: list[list[int]] = [[] for _ in records]
-    for label, name in enumerate(class_names, start=1):
-        path = directory / f"{VOC_RESULTS_PREFIX}{name}.txt"
+    paths = [directory / f"{VOC_RESULTS_PREFIX}{name}.txt" for name in class_names]
+    for path, name in zip(paths, class_names, strict=True):
         if not path.is_file():
             raise FileNotFoundError(f"{path}: results file of class '{name}' not found")
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 6:
-                raise ValueError(f"{path}:{number}: expected 'image_id score x1 y1 x2 y2'")
-            if parts[0] not in index_of:
-                raise ValueError(f"{path}:{number}: image '{parts[0]}' is not in the dataset")
-            try:
-                values = [float(value) for value in parts[1:]]
-            except ValueError as error:
-                raise ValueError(f"{path}:{number}: non-numeric value ({error})") from error
-            image = index_of[parts[0]]
-            scores[image].append(values[0])
-            boxes[image].append(values[1:])
-            labels[image].append(label)
+    # The conversion is NumPy work that releases the GIL: threads read files in parallel.
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        files = list(pool.map(lambda path: _read_results_file(path, index_of), paths))
+    parts: dict[str, list[np.ndarray]] = {"images": [], "scores": [], "boxes": [], "labels": []}
+    for label, (images, scores, boxes) in enumerate(files, start=1):
+        parts["images"].append(images)
+        parts["scores"].append(scores)
+        parts["boxes"].append(boxes)
+        parts["labels"].append(np.full(images.shape[0], label, dtype=np.int64))
+    empty = {"images": np.zeros(0, np.int64), "scores": np.zeros(0),
+             "boxes": np.zeros((0, 4)), "labels": np.zeros(0, np.int64)}  # fmt: skip
+    return {key: np.concatenate([empty[key], *values]) for key, values in parts.items()}
+
+
+# ASCII whitespace (space, \t, \n, \v, \f, \r) as a lookup table over byte values.
+_IS_SPACE = np.zeros(256, dtype=bool)
+_IS_SPACE[[9, 10, 11, 12, 13, 32]] = True
+_POWERS_OF_TEN = 10.0 ** np.arange(23)  # exact in float64 up to 1e22
+
+
+def _read_results_file(
+    path: Path, index_of: dict[str, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One devkit results file: ``[D]`` record indices, ``[D]`` scores, ``[D, 4]`` boxes.
+
+    The file is split and converted as one byte array (no Python object per value,
+    which for VOC07 test's million detections would cost seconds); only when that
+    finds a problem is it read again line by line, to name the first bad line."""
+    data = path.read_bytes()
+    codes = np.frombuffer(data, dtype=np.uint8)
+    in_token = ~_IS_SPACE[codes]
+    edges = np.flatnonzero(np.diff(np.concatenate([[False], in_token, [False]])))
+    starts, ends = edges[0::2], edges[1::2]  # [T] each
+    if starts.size == 0:
+        return np.zeros(0, np.int64), np.zeros(0), np.zeros((0, 4))
+    # \r counts as a line end too (CRLF gives blank lines between, which are allowed).
+    line_of_token = np.searchsorted(np.flatnonzero((codes == 10) | (codes == 13)), starts)
+    per_line = np.bincount(line_of_token)
+    if np.any((per_line != 0) & (per_line != 6)):
+        _raise_first_bad_line(path, data, index_of)
+    images = _image_indices(codes, starts[0::6], ends[0::6], index_of)
+    values, unusual = _parse_decimals(codes, in_token, starts, ends)
+    unusual[0::6] = False  # the image ids, read above
+    if images is None or not _convert_unusual(data, starts, ends, values, unusual):
+        _raise_first_bad_line(path, data, index_of)
+    values = values.reshape(-1, 6)
+    return images, values[:, 1].copy(), values[:, 2:].copy()
+
+
+def _image_indices(
+    codes: np.ndarray, starts: np.ndarray, ends: np.ndarray, index_of: dict[str, int]
+) -> np.ndarray | None:
+    """The record index of each image-id token; None if one is not a known id."""
+    lengths = ends - starts
+    width = int(lengths.max())
+    columns = np.arange(width)
+    gather = np.minimum(starts[:, None] + columns, codes.size - 1)
+    padded = np.where(columns < lengths[:, None], codes[gather], 0).astype(np.uint8)
+    ids = np.ascontiguousarray(padded).view(f"S{width}").ravel()  # [D] bytes ids
+    unique, inverse = np.unique(ids, return_inverse=True)
+    try:
+        known = np.array([index_of[value.decode("utf-8")] for value in unique], dtype=np.int64)
+    except (KeyError, UnicodeDecodeError):
+        return None
+    return known[inverse.ravel()]
+
+
+def _parse_decimals(
+    codes: np.ndarray, in_token: np.ndarray, starts: np.ndarray, ends: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The values of the tokens ``codes[starts[i]:ends[i]]`` written ``[+-]digits[.digits]``
+    with at most 15 digits, and a mask of the other tokens (exponents, longer numbers,
+    anything that is not a number), whose values are left unset. ``in_token`` marks
+    the bytes that belong to some token.
+
+    The value is the digits as an integer m over 10^k (k digits after the point): m is
+    exact in float64 (below 2^53) and so is 10^k, so the one division rounds the exact
+    decimal correctly, which is what ``float()`` returns for the same text."""
+    count = starts.size
+    marker = np.zeros(codes.size, dtype=np.int32)
+    marker[starts] = 1
+    token_of = np.cumsum(marker, dtype=np.int32) - 1  # [N] token of each byte
+    is_digit = (codes - np.uint8(48)) < 10
+    digits_so_far = np.cumsum(is_digit, dtype=np.int32)  # [N] inclusive
+    digits_end = digits_so_far[ends - 1]  # [T]
+    digits = digits_end - (digits_so_far[starts] - is_digit[starts])
+
+    digit_at = np.flatnonzero(is_digit)
+    digit_token = token_of[digit_at]
+    place = np.minimum(digits_end[digit_token] - digits_so_far[digit_at], 22)  # digits after
+    weights = (codes[digit_at] - np.uint8(48)) * _POWERS_OF_TEN[place]
+    mantissa = np.bincount(digit_token, weights=weights, minlength=count)
+
+    point_at = np.flatnonzero(codes == 46)
+    point_token = token_of[point_at]
+    fraction = np.zeros(count, dtype=np.int32)
+    fraction[point_token] = digits_end[point_token] - digits_so_far[point_at]
+    values = mantissa / _POWERS_OF_TEN[np.minimum(fraction, 22)]
+    values[codes[starts] == 45] *= -1.0
+
+    is_sign = (codes == 45) | (codes == 43)
+    unusual = (np.bincount(point_token, minlength=count) > 1) | (digits == 0) | (digits > 15)
+    unusual[token_of[np.flatnonzero(in_token & ~is_digit & (codes != 46) & ~is_sign)]] = True
+    sign_at = np.flatnonzero(is_sign)
+    sign_token = token_of[sign_at]
+    unusual[sign_token[sign_at != starts[sign_token]]] = True
+    return values, unusual
+
+
+def _convert_unusual(
+    data: bytes, starts: np.ndarray, ends: np.ndarray, values: np.ndarray, unusual: np.ndarray
+) -> bool:
+    """Fill in the tokens :func:`_parse_decimals` left to ``float()``; False if one is
+    not a number."""
+    try:
+        for index in np.flatnonzero(unusual):
+            values[index] = float(data[starts[index] : ends[index]])
+    except ValueError:
+        return False
+    return True
+
+
+def _raise_first_bad_line(path: Path, data: bytes, index_of: dict[str, int]) -> None:
+    """Raise ValueError naming the first line of the file that is not
+    ``image_id score x1 y1 x2 y2`` with a known image id and numeric values."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not a UTF-8 text file ({error})") from error
+    for number, line in enumerate(text.splitlines(), start=1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 6:
+            raise ValueError(f"{path}:{number}: expected 'image_id score x1 y1 x2 y2'")
+        if parts[0] not in index_of:
+            raise ValueError(f"{path}:{number}: image '{parts[0]}' is not in the dataset")
+        try:
+            [float(value) for value in parts[1:]]
+        except ValueError as error:
+            raise ValueError(f"{path}:{number}: non-numeric value ({error})") from error
+    # Only whitespace outside ASCII (which str.split() takes) can bring us here.
+    raise ValueError(f"{path}: lines must be 'image_id score x1 y1 x2 y2' split by ASCII spaces")
+
+
+def read_voc_results(
+    directory: Path, records: Sequence[AnnotationRecord], class_names: Sequence[str]
+) -> list[dict[str, np.ndarray]]:
+    """Per-image detections (devkit pixels) from a results directory; errors as
+    :func:`read_voc_results_arrays`."""
+    flat = read_voc_results_arrays(directory, records, class_names)
+    order = np.argsort(flat["images"], kind="stable")
+    bounds = np.searchsorted(flat["images"][order], np.arange(len(records) + 1))
     return [
-        {
-            "boxes": np.asarray(image_boxes, dtype=np.float64).reshape(-1, 4),
-            "scores": np.asarray(image_scores, dtype=np.float64),
-            "labels": np.asarray(image_labels, dtype=np.int64),
-        }
-        for image_boxes, image_scores, image_labels in zip(boxes, scores, labels, strict=True)
+        {key: flat[key][order[start:end]] for key in ("boxes", "scores", "labels")}
+        for start, end in itertools.pairwise(bounds)
     ]
 
 
 def score_voc_results(
-    directory: Path,
+    detections: dict[str, np.ndarray],
     records: Sequence[AnnotationRecord],
     class_names: Sequence[str],
     *,
     use_07_metric: bool,
     iou_threshold: float = 0.5,
 ) -> dict[str, Any]:
-    """VOC mAP of a results directory, as the devkit computes it (difficult ignored,
-    inclusive-pixel IoU, a match needs IoU above ``iou_threshold``)."""
-    ground_truth = [
-        {"boxes": _to_devkit(record.boxes), "labels": record.labels, "difficult": record.difficult}
-        for record in records
-    ]
-    result = evaluate_voc(
-        ground_truth,
-        read_voc_results(directory, records, class_names),
-        class_names,
+    """VOC mAP of the detections of a results directory
+    (:func:`read_voc_results_arrays`), as the devkit computes it: difficult ignored,
+    inclusive-pixel IoU, a match needs IoU above ``iou_threshold``."""
+    result = evaluate_voc_arrays(
+        gt_images=np.repeat(np.arange(len(records)), [record.num_objects for record in records]),
+        # The leading empty arrays keep np.concatenate defined for an empty dataset.
+        gt_boxes=_to_devkit(np.concatenate([np.zeros((0, 4)), *(r.boxes for r in records)])),
+        gt_labels=np.concatenate([np.zeros(0, np.int64), *(r.labels for r in records)]),
+        gt_difficult=np.concatenate([np.zeros(0, bool), *(r.difficult for r in records)]),
+        det_images=detections["images"],
+        det_boxes=detections["boxes"],
+        det_scores=detections["scores"],
+        det_labels=detections["labels"],
+        class_names=class_names,
         iou_threshold=iou_threshold,
         use_07_metric=use_07_metric,
         inclusive=True,
@@ -273,27 +414,16 @@ def write_metrics(result: dict[str, Any], directory: Path) -> Path:
     return path
 
 
-def plot_pr_curves(curves: dict[str, ClassResult], directory: Path) -> list[Path]:
-    """One precision/recall plot per class (``pr_<class>.png``)."""
-    import matplotlib
+PR_PLOT_FILE = "pr_curves.png"
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    paths = []
-    for name, curve in curves.items():
-        figure, axes = plt.subplots(figsize=(4, 4), dpi=100)
-        if curve.recall.size:
-            axes.plot(curve.recall, curve.precision, linewidth=1.5)
-        axes.set_xlim(0, 1)
-        axes.set_ylim(0, 1.02)
-        axes.set_xlabel("recall")
-        axes.set_ylabel("precision")
-        axes.set_title(f"{name}: AP {curve.ap:.3f}")
-        axes.grid(alpha=0.3)
-        figure.tight_layout()
-        path = directory / f"pr_{name}.png"
-        figure.savefig(path)
-        plt.close(figure)
-        paths.append(path)
-    return paths
+def plot_pr_curves(curves: dict[str, ClassResult], directory: Path) -> Path:
+    """Every class's precision/recall curve in one figure, ``pr_curves.png``: one panel
+    per class with its AP (:func:`utils.visualize.draw_pr_curves`)."""
+    image = draw_pr_curves(
+        [(name, curve.recall, curve.precision, curve.ap) for name, curve in curves.items()]
+    )
+    path = directory / PR_PLOT_FILE
+    if not cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
+        raise OSError(f"{path}: could not write the PR plot")
+    return path

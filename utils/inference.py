@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Literal
 
@@ -47,6 +47,80 @@ class SpeedOptions:
     cuda_graphs: bool = False
 
 
+def grad_mode(options: SpeedOptions) -> AbstractContextManager:
+    """``torch.inference_mode`` with ``options.inference_mode``, else ``torch.no_grad``."""
+    return torch.inference_mode() if options.inference_mode else torch.no_grad()
+
+
+class NetworkRunner:
+    """A network's forward with the speed paths that apply to any network: NHWC
+    activations, autocast, ``torch.compile`` and CUDA-graph replay (``fold_bn`` is the
+    caller's, since it needs to know the network's BatchNorm layers). The network
+    takes one batch tensor and returns a tensor or a tuple of tensors; the runner
+    returns them as a tuple, floating-point ones in float32.
+
+    Args:
+        network: the module (switched to eval mode, moved to ``device``).
+        device: where it runs.
+        options: the speed paths to use.
+    """
+
+    def __init__(self, network: nn.Module, *, device: torch.device, options: SpeedOptions) -> None:
+        if options.autocast != "none" and device.type != "cuda":
+            raise ValueError(f"autocast={options.autocast} needs CUDA; the device is {device}")
+        if options.cuda_graphs and device.type != "cuda":
+            raise ValueError(f"CUDA graphs need a CUDA device; the device is {device}")
+        network = network.eval().to(device)
+        if options.channels_last:
+            network = network.to(memory_format=torch.channels_last)
+        self.module = network
+        self.callable: nn.Module = torch.compile(network) if options.compile else network
+        self.device = device
+        self.options = options
+        self.autocast_dtype = AUTOCAST_DTYPES[options.autocast]
+        self._graphs: dict[tuple[int, ...], tuple[torch.cuda.CUDAGraph, Tensor, tuple]] = {}
+
+    def __call__(self, batch: Tensor) -> tuple[Tensor, ...]:
+        """The outputs for ``batch`` ``[B, 3, H, W]``; call under no_grad/inference_mode."""
+        if self.options.cuda_graphs:
+            return self._replay(batch)
+        return self._run(batch)
+
+    def _run(self, batch: Tensor) -> tuple[Tensor, ...]:
+        if self.options.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        autocast = (
+            torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+            if self.autocast_dtype is not None
+            else nullcontext()
+        )
+        with autocast:
+            outputs = self.callable(batch)
+        outputs = outputs if isinstance(outputs, tuple | list) else (outputs,)
+        return tuple(output.float() if output.is_floating_point() else output for output in outputs)
+
+    def _replay(self, batch: Tensor) -> tuple[Tensor, ...]:
+        key = tuple(batch.shape)
+        if key not in self._graphs:
+            static_input = batch.clone()
+            # Warm up on a side stream (cuDNN autotuning, allocator), then capture.
+            stream = torch.cuda.Stream(self.device)
+            stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(stream):
+                for _ in range(3):
+                    self._run(static_input)
+            torch.cuda.current_stream(self.device).wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_output = self._run(static_input)
+            self._graphs[key] = (graph, static_input, static_output)
+        graph, static_input, static_output = self._graphs[key]
+        static_input.copy_(batch)
+        graph.replay()
+        # The graph overwrites its outputs at the next replay: hand out copies.
+        return tuple(output.clone() for output in static_output)
+
+
 class InferencePipeline:
     """Preprocessing, network and post-processing for lists of RGB ``uint8`` images.
 
@@ -67,27 +141,18 @@ class InferencePipeline:
         device: torch.device,
         options: SpeedOptions = SpeedOptions(),
     ) -> None:
-        if options.autocast != "none" and device.type != "cuda":
-            raise ValueError(f"autocast={options.autocast} needs CUDA; the device is {device}")
-        if options.cuda_graphs and device.type != "cuda":
-            raise ValueError(f"CUDA graphs need a CUDA device; the device is {device}")
         model.eval()
         if options.fold_bn:
             logger.info("folded %d BatchNorm layers", fold_batchnorm(model))
-        model = model.to(device)
-        if options.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        self.model = model
-        self.network: nn.Module = torch.compile(model) if options.compile else model
+        self.runner = NetworkRunner(model, device=device, options=options)
+        self.model = self.runner.module
         self.postprocessor = postprocessor.to(device)
         self.image_size = image_size
         self.device = device
         self.options = options
-        self.autocast_dtype = AUTOCAST_DTYPES[options.autocast]
-        self._graphs: dict[tuple[int, ...], tuple[torch.cuda.CUDAGraph, Tensor, tuple]] = {}
 
     def grad_mode(self):
-        return torch.inference_mode() if self.options.inference_mode else torch.no_grad()
+        return grad_mode(self.options)
 
     def preprocess(self, images: Sequence[np.ndarray]) -> Tensor:
         """``[B, 3, S, S]`` uint8 on the device, from RGB ``[H, W, 3]`` uint8 images."""
@@ -104,42 +169,8 @@ class InferencePipeline:
     def forward(self, batch: Tensor) -> tuple[Tensor, Tensor]:
         """``loc`` ``[B, P, 4]`` and ``conf`` ``[B, P, C]`` (float32) for a preprocessed batch.
         Call inside :meth:`grad_mode`."""
-        if self.options.cuda_graphs:
-            return self._replay(batch)
-        return self._run_network(batch)
-
-    def _run_network(self, batch: Tensor) -> tuple[Tensor, Tensor]:
-        if self.options.channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        autocast = (
-            torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
-            if self.autocast_dtype is not None
-            else nullcontext()
-        )
-        with autocast:
-            loc, conf = self.network(batch)
-        return loc.float(), conf.float()
-
-    def _replay(self, batch: Tensor) -> tuple[Tensor, Tensor]:
-        key = tuple(batch.shape)
-        if key not in self._graphs:
-            static_input = batch.clone()
-            # Warm up on a side stream (cuDNN autotuning, allocator), then capture.
-            stream = torch.cuda.Stream(self.device)
-            stream.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(stream):
-                for _ in range(3):
-                    self._run_network(static_input)
-            torch.cuda.current_stream(self.device).wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                static_output = self._run_network(static_input)
-            self._graphs[key] = (graph, static_input, static_output)
-        graph, static_input, static_output = self._graphs[key]
-        static_input.copy_(batch)
-        graph.replay()
-        # The graph overwrites its outputs at the next replay: hand out copies.
-        return static_output[0].clone(), static_output[1].clone()
+        loc, conf = self.runner(batch)
+        return loc, conf
 
     def postprocess(
         self, loc: Tensor, conf: Tensor, sizes: Sequence[tuple[int, int]]

@@ -7,9 +7,11 @@ import logging
 import math
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    # Only for annotations: test.py --eval-only logs without loading torch.
+    import torch
 
 
 def setup_logging(is_main: bool, level: int = logging.INFO) -> None:
@@ -48,7 +50,7 @@ class MetricsWriter:
             return
         record = {"kind": kind, "iteration": iteration, "epoch": epoch}
         for key, value in values.items():
-            if isinstance(value, torch.Tensor):
+            if hasattr(value, "item"):  # a tensor or NumPy scalar
                 value = value.item()
             record[key] = value
             if isinstance(value, (int, float)) and math.isfinite(value):

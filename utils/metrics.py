@@ -173,14 +173,40 @@ def evaluate_voc(
         raise ValueError(
             f"{len(ground_truth)} ground-truth images but {len(detections)} detection lists"
         )
-    gt_images, det_images = _image_index(ground_truth, "labels"), _image_index(detections, "scores")
-    gt_boxes = _stack(ground_truth, "boxes", np.float64, columns=4)
-    gt_labels = _stack(ground_truth, "labels", np.int64)
-    gt_difficult = _stack(ground_truth, "difficult", bool)
-    det_boxes = _stack(detections, "boxes", np.float64, columns=4)
-    det_scores = _stack(detections, "scores", np.float64)
-    det_labels = _stack(detections, "labels", np.int64)
+    return evaluate_voc_arrays(
+        gt_images=_image_index(ground_truth, "labels"),
+        gt_boxes=_stack(ground_truth, "boxes", np.float64, columns=4),
+        gt_labels=_stack(ground_truth, "labels", np.int64),
+        gt_difficult=_stack(ground_truth, "difficult", bool),
+        det_images=_image_index(detections, "scores"),
+        det_boxes=_stack(detections, "boxes", np.float64, columns=4),
+        det_scores=_stack(detections, "scores", np.float64),
+        det_labels=_stack(detections, "labels", np.int64),
+        class_names=class_names,
+        iou_threshold=iou_threshold,
+        use_07_metric=use_07_metric,
+        inclusive=inclusive,
+    )
 
+
+def evaluate_voc_arrays(
+    *,
+    gt_images: np.ndarray,
+    gt_boxes: np.ndarray,
+    gt_labels: np.ndarray,
+    gt_difficult: np.ndarray,
+    det_images: np.ndarray,
+    det_boxes: np.ndarray,
+    det_scores: np.ndarray,
+    det_labels: np.ndarray,
+    class_names: Sequence[str],
+    iou_threshold: float = 0.5,
+    use_07_metric: bool = True,
+    inclusive: bool = False,
+) -> dict:
+    """:func:`evaluate_voc` on flat arrays: every ground-truth box (``[G]`` image index,
+    ``[G, 4]`` boxes, ``[G]`` labels, ``[G]`` difficult) and every detection (``[D]``
+    image index, ``[D, 4]`` boxes, ``[D]`` scores, ``[D]`` labels) of the set."""
     curves: dict[str, ClassResult] = {}
     for label, name in enumerate(class_names, start=1):
         det_mask, gt_mask = det_labels == label, gt_labels == label

@@ -1,20 +1,62 @@
-"""Wall-clock timing for benchmarks: warm-up, device synchronisation, medians, and
-interleaved rounds so that several variants share the same machine noise."""
+"""Wall-clock timing: warm-up, device synchronisation, medians, interleaved rounds so
+that several variants share the same machine noise, and a per-stage breakdown of a
+command (``--profile``). Importing it does not load torch."""
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 def synchronize(device: torch.device) -> None:
     """Wait for queued CUDA work (CPU work is synchronous)."""
     if device.type == "cuda":
+        import torch
+
         torch.cuda.synchronize(device)
+
+
+def seconds_since_process_start() -> float | None:
+    """Wall-clock seconds since this process started (interpreter start-up and imports
+    included), from ``/proc``; None where that is not available."""
+    try:
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        # Field 22 of /proc/self/stat, counted after the command name in parentheses.
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        return uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class StageTimer:
+    """Wall-clock seconds of the named stages of a command, in the order they ran; a
+    stage entered twice adds up."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+    def table(self) -> str:
+        """One line per stage and the total, e.g. ``results files   0.412 s``."""
+        width = max([len(name) for name in self.seconds] + [5])
+        lines = [f"{name:<{width}}  {value:7.3f} s" for name, value in self.seconds.items()]
+        lines.append(f"{'total':<{width}}  {sum(self.seconds.values()):7.3f} s")
+        return "\n".join(lines)
 
 
 def time_interleaved(

@@ -61,3 +61,60 @@ def draw_detections(
             cv2.LINE_AA,
         )
     return canvas
+
+
+def draw_pr_curves(
+    curves: Sequence[tuple[str, np.ndarray, np.ndarray, float]],
+    *,
+    panel_size: int = 220,
+    columns: int = 5,
+) -> np.ndarray:
+    """Precision/recall curves, one panel per class, as an RGB image.
+
+    Each entry is ``(name, recall [D], precision [D], AP)``; a panel shows the curve on
+    [0, 1] x [0, 1] with a 0.2 grid and ``name  AP 0.123`` above it. Drawn with OpenCV:
+    a million-detection curve takes milliseconds, where a plotting library takes seconds.
+    """
+    columns = max(1, min(columns, len(curves)))
+    rows = max(1, -(-len(curves) // columns))
+    canvas = np.full((rows * panel_size, columns * panel_size, 3), 255, dtype=np.uint8)
+    font, small = cv2.FONT_HERSHEY_SIMPLEX, 0.36
+    left, right, top, bottom = 34, 10, 24, 30
+    inner = panel_size - left - right, panel_size - top - bottom  # plot width, height
+    for index, (name, recall, precision, ap) in enumerate(curves):
+        x0 = (index % columns) * panel_size + left
+        y0 = (index // columns) * panel_size + top
+
+        def point(r: float, p: float, x0: int = x0, y0: int = y0) -> tuple[int, int]:
+            return round(x0 + r * inner[0]), round(y0 + (1.0 - p) * inner[1])
+
+        for step in range(6):
+            value = step / 5
+            cv2.line(canvas, point(value, 0), point(value, 1), (225, 225, 225), 1)
+            cv2.line(canvas, point(0, value), point(1, value), (225, 225, 225), 1)
+        cv2.rectangle(canvas, point(0, 1), point(1, 0), (90, 90, 90), 1)
+        for value, text in ((0.0, "0"), (0.5, ".5"), (1.0, "1")):
+            x, y = point(value, 0)
+            cv2.putText(canvas, text, (x - 6, y + 13), font, small, (60, 60, 60), 1, cv2.LINE_AA)
+            x, y = point(0, value)
+            cv2.putText(canvas, text, (x - 20, y + 4), font, small, (60, 60, 60), 1, cv2.LINE_AA)
+        x, y = point(0.5, 0)
+        cv2.putText(canvas, "recall", (x - 18, y + 26), font, small, (60, 60, 60), 1, cv2.LINE_AA)
+        title = f"{name[:18]}  AP {ap:.3f}"
+        cv2.putText(canvas, title, (x0, y0 - 8), font, 0.42, (20, 20, 20), 1, cv2.LINE_AA)
+        finite = np.flatnonzero(np.isfinite(recall) & np.isfinite(precision))
+        if finite.size:
+            # At most a few points per pixel column: evenly spaced in rank, the last kept.
+            finite = finite[np.unique(np.linspace(0, finite.size - 1, 3 * inner[0]).astype(int))]
+            pixels = np.stack(
+                [x0 + recall[finite] * inner[0], y0 + (1.0 - precision[finite]) * inner[1]], 1
+            )
+            cv2.polylines(
+                canvas,
+                [np.round(pixels).astype(np.int32).reshape(-1, 1, 2)],
+                False,
+                (31, 119, 180),
+                2,
+                cv2.LINE_AA,
+            )
+    return canvas

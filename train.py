@@ -36,7 +36,7 @@ from data.loader import (
 )
 from data.records import BadSampleError, read_image
 from data.sources import prepare_data, resolve_class_names, val_annotation_file
-from models.build import build_loss, build_model, build_postprocessor
+from models.build import build_loss, build_model, build_postprocessor, count_flops
 from models.pruning import prunable_norm_names
 from models.weights import load_detector_weights
 from utils.checkpoint import (
@@ -66,6 +66,7 @@ from utils.distributed import (
     init_distributed,
 )
 from utils.engine import (
+    EpochResult,
     StopRequest,
     TrainState,
     bn_scales,
@@ -289,6 +290,7 @@ class TrainingRun:
             logger.info(
                 "initialised from %s%s", init, " (pruned widths)" if self.channel_widths else ""
             )
+        self.forward_gflops = count_flops(self.model, config.model.image_size) / 1e9
         self.model = self.model.to(self.device)
         if config.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -365,6 +367,28 @@ class TrainingRun:
             save_checkpoint(state, path)
         barrier(self.context)
         return path
+
+    def log_throughput(self, epoch: int, result: EpochResult) -> None:
+        """Training images/s of the epoch (this rank, data loading included) and the
+        GFLOP/s that means: a training step costs about 3x the forward's FLOPs."""
+        if result.seconds <= 0 or not self.context.is_main:
+            return
+        images_per_second = result.images / result.seconds
+        gflops_per_second = 3 * self.forward_gflops * images_per_second
+        logger.info(
+            "epoch %d: %.1f training images/s, about %.1f GFLOP/s (3 x %.3f forward GFLOPs "
+            "per image)",
+            epoch + 1,
+            images_per_second,
+            gflops_per_second,
+            self.forward_gflops,
+        )
+        self.writer.write(
+            "throughput",
+            self.state.iteration,
+            epoch,
+            {"images_per_second": images_per_second, "gflops_per_second": gflops_per_second},
+        )
 
     def evaluate(self, epoch: int) -> dict[str, Any] | None:
         """Validation mAP, computed on rank 0; every rank gets the score (``mAP``), rank 0
@@ -465,6 +489,7 @@ class TrainingRun:
                     )
                     return 0
                 epochs_done = epoch + 1
+                self.log_throughput(epoch, result)
                 if config.train.sparsity > 0:
                     self.writer.histogram(
                         "bn_scales", bn_scales(self.sparse_norms), state.iteration

@@ -11,6 +11,7 @@ import torch
 
 import train
 from data.sources import DataError
+from models.build import build_model, count_flops
 from tests.conftest import REPO_ROOT, tiny_train_overrides
 from utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from utils.config import load_config
@@ -84,6 +85,13 @@ def test_training_run_writes_its_outputs_and_warms_up(tiny_shapes_root, tmp_path
     assert set(results["ap_per_class"]) == set(checkpoint["class_names"])
     evals = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
     assert [record["iteration"] for record in evals if record["kind"] == "eval"] == [2, 4, 6]
+    throughput = [record for record in evals if record["kind"] == "throughput"]
+    assert [record["epoch"] for record in throughput] == [0, 1, 2]
+    forward_gflops = count_flops(build_model(saved), 96) / 1e9
+    for record in throughput:
+        assert record["images_per_second"] > 0
+        rate = 3 * forward_gflops * record["images_per_second"]
+        assert record["gflops_per_second"] == pytest.approx(rate)
     assert len(list((output / "detections").glob("*.jpg"))) == 2
     assert list((output / "tensorboard").glob("events.out.tfevents.*"))
 

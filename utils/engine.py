@@ -8,7 +8,7 @@ import sys
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -54,7 +54,8 @@ class EpochResult:
 
     stop_reason: str | None = None
     message: str = ""
-    mean_losses: dict[str, float] = field(default_factory=dict)
+    images: int = 0  # trained on in this call (this rank)
+    seconds: float = 0.0  # wall clock of this call, data loading included
 
 
 def progress_bar(iterable: Any, **kwargs: Any) -> tqdm:
@@ -135,8 +136,8 @@ def train_one_epoch(
     LR go to the writer every ``log_interval`` iterations and to the progress bar.
     """
     model.train()
-    totals: dict[str, float] = {}
-    count = 0
+    start = time.perf_counter()
+    images_seen = 0
     progress = progress_bar(loader, desc=f"epoch {epoch + 1}", disable=not context.is_main)
     for batch in progress:
         if batch["images"].shape[0] == 0:
@@ -180,9 +181,7 @@ def train_one_epoch(
         scheduler.step()
         state.iteration += 1
 
-        for key, value in values.items():
-            totals[key] = totals.get(key, 0.0) + value
-        count += 1
+        images_seen += images.shape[0]
         progress.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{lr:.2e}", refresh=False)
         if state.iteration % log_interval == 0:
             mean_loss = all_reduce_mean(loss.detach(), context).item()
@@ -192,20 +191,18 @@ def train_one_epoch(
             return EpochResult(
                 stop_reason="signal",
                 message=stop.reason or "stop requested",
-                mean_losses=_means(totals, count),
+                images=images_seen,
+                seconds=time.perf_counter() - start,
             )
         if stop_at_iteration is not None and state.iteration >= stop_at_iteration:
             return EpochResult(
                 stop_reason="stop_at",
                 message=f"stopped at iteration {state.iteration} as asked",
-                mean_losses=_means(totals, count),
+                images=images_seen,
+                seconds=time.perf_counter() - start,
             )
     progress.close()
-    return EpochResult(mean_losses=_means(totals, count))
-
-
-def _means(totals: dict[str, float], count: int) -> dict[str, float]:
-    return {key: value / max(count, 1) for key, value in totals.items()}
+    return EpochResult(images=images_seen, seconds=time.perf_counter() - start)
 
 
 @dataclass

@@ -29,7 +29,7 @@ def setup_logging(is_main: bool, level: int = logging.INFO) -> None:
 
 class MetricsWriter:
     """Scalars to TensorBoard (``DIR/tensorboard``) and to ``DIR/metrics.jsonl``, one JSON
-    object a line: ``{"kind": "train"|"eval", "iteration": N, "epoch": E, ...}``.
+    object a line: ``{"kind": "train"|"eval"|"throughput", "iteration": N, "epoch": E, ...}``.
 
     A writer with ``enabled=False`` (ranks other than 0) does nothing.
     """

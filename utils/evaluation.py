@@ -17,7 +17,7 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import cv2
 import numpy as np
@@ -206,7 +206,7 @@ def _convert_unusual(
     return True
 
 
-def _raise_first_bad_line(path: Path, data: bytes, index_of: dict[str, int]) -> None:
+def _raise_first_bad_line(path: Path, data: bytes, index_of: dict[str, int]) -> NoReturn:
     """Raise ValueError naming the first line of the file that is not
     ``image_id score x1 y1 x2 y2`` with a known image id and numeric values."""
     try:

@@ -30,7 +30,6 @@ import json
 import logging
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -42,12 +41,26 @@ import torch
 from torch import nn
 
 from data.records import IMAGE_EXTENSIONS
-from models.build import build_model_to_run, build_postprocessor, count_flops
-from utils.config import ConfigError, add_config_arguments
-from utils.errors import UserError
-from utils.inference import InferencePipeline, NetworkRunner, SpeedOptions, grad_mode
+from engine.inference import (
+    InferencePipeline,
+    NetworkRunner,
+    SpeedOptions,
+    grad_mode,
+    speed_options,
+)
+from engine.loading import build_model_to_run
+from models.build import build_postprocessor, count_flops
+from utils.cli import (
+    add_checkpoint_argument,
+    add_config_arguments,
+    add_device_argument,
+    add_speed_arguments,
+    run_command,
+)
+from utils.config import ConfigError
+from utils.device import choose_device
 from utils.log import setup_logging
-from utils.timing import synchronize
+from utils.timing import run_interleaved, synchronize
 
 logger = logging.getLogger("benchmark")
 
@@ -61,18 +74,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         epilog=__doc__,
     )
     add_config_arguments(parser)
-    parser.add_argument(
-        "--checkpoint",
-        type=Path,
-        default=None,
-        help="weights to time (a pruned checkpoint brings its widths); default: random weights",
+    add_checkpoint_argument(
+        parser, help="weights to time (a pruned checkpoint brings its widths); default: random"
     )
     parser.add_argument("--batch-size", type=int, default=8, help="throughput batch (default 8)")
     parser.add_argument("--repeats", type=int, default=10, help="timed calls (default 10)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls first (default 2)")
-    parser.add_argument(
-        "--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: CUDA if any"
-    )
+    add_device_argument(parser)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of the random weights and images (default 0)"
@@ -85,18 +93,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="500x375",
         help="WIDTHxHEIGHT of the random input images (default 500x375, a typical VOC photo)",
     )
-    parser.add_argument("--channels-last", action="store_true", help="NHWC activations")
-    parser.add_argument("--fold-bn", action="store_true", help="fold BatchNorm into the convs")
-    parser.add_argument(
-        "--inference-mode", action="store_true", help="torch.inference_mode (else no_grad)"
-    )
-    parser.add_argument("--compile", action="store_true", help="torch.compile the network")
-    parser.add_argument(
-        "--amp", choices=["none", "bf16", "fp16"], default="none", help="autocast (CUDA)"
-    )
-    parser.add_argument(
-        "--cuda-graphs", action="store_true", help="replay the forward as a CUDA graph"
-    )
+    add_speed_arguments(parser, all_paths=True)
     parser.add_argument(
         "--compare",
         choices=["torchvision"],
@@ -249,17 +246,13 @@ def timed_parts(device: torch.device, *steps: Callable[[Any], Any]) -> dict[str,
 def measure(
     runners: Sequence[Runner], images: Sequence[np.ndarray], *, warmup: int, repeats: int
 ) -> dict[str, dict[str, float]]:
-    """Median ms per part (and in total) per runner, runners interleaved call by call;
-    each round starts with the next runner (a call right after another one runs slower,
-    its weights evicted from the caches)."""
-    for runner in runners:
-        for _ in range(warmup):
-            runner(images)
-    samples: dict[str, list[dict[str, float]]] = {runner.name: [] for runner in runners}
-    for round_index in range(repeats):
-        shift = round_index % len(runners)
-        for runner in [*runners[shift:], *runners[:shift]]:
-            samples[runner.name].append(runner(images))
+    """Median ms per part (and in total) per runner, runners interleaved call by call
+    (:func:`utils.timing.run_interleaved`)."""
+    samples = run_interleaved(
+        {runner.name: lambda runner=runner: runner(images) for runner in runners},
+        warmup=warmup,
+        repeats=repeats,
+    )
     results = {}
     for name, calls in samples.items():
         medians = {f"{part}_ms": 1000 * statistics.median(c[part] for c in calls) for part in PARTS}
@@ -268,24 +261,9 @@ def measure(
     return results
 
 
-def choose_device(preference: str) -> torch.device:
-    if preference == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda but no CUDA device is available")
-    if preference == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda")
-
-
 def build_pipeline(args: argparse.Namespace, device: torch.device) -> tuple[InferencePipeline, Any]:
     config, model = build_model_to_run(args.config, args.overrides, args.checkpoint)
-    options = SpeedOptions(
-        channels_last=args.channels_last,
-        fold_bn=args.fold_bn,
-        inference_mode=args.inference_mode,
-        compile=args.compile,
-        autocast=args.amp,
-        cuda_graphs=args.cuda_graphs,
-    )
+    options = speed_options(args)
     postprocessor = build_postprocessor(config, model.priors_cxcywh)
     pipeline = InferencePipeline(
         model, postprocessor, image_size=config.model.image_size, device=device, options=options
@@ -341,9 +319,12 @@ def matmul_gflops(device: torch.device, size: int = 2048, repeats: int = 5) -> f
     return 2 * size**3 / statistics.median(times) / 1e9
 
 
-def build_runners(args: argparse.Namespace, device: torch.device) -> tuple[list[Runner], Any]:
+def build_runners(
+    args: argparse.Namespace, device: torch.device
+) -> tuple[list[Runner], Any, InferencePipeline]:
     """Ours and, with ``--compare torchvision``, torchvision's SSD300 with the same speed
-    paths (:func:`peer_options`) and the config's class count."""
+    paths (:func:`peer_options`) and the config's class count; the config and our
+    pipeline."""
     pipeline, config = build_pipeline(args, device)
     name = f"ours ({config.model.architecture})"
     runners: list[Runner] = [PipelineRunner(name, pipeline, config.model.num_classes)]
@@ -351,7 +332,7 @@ def build_runners(args: argparse.Namespace, device: torch.device) -> tuple[list[
         runners.append(
             TorchvisionRunner(device, peer_options(pipeline.options), config.model.num_classes)
         )
-    return runners, config
+    return runners, config, pipeline
 
 
 def describe(runner: Runner) -> dict[str, Any]:
@@ -368,12 +349,11 @@ def main(args: argparse.Namespace) -> int:
     setup_logging(is_main=True)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    device = choose_device(args.device)
+    device = choose_device(args.device, origin="--device")
     torch.manual_seed(args.seed)  # random weights decide how much post-processing does
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    runners, config = build_runners(args, device)
-    pipeline = runners[0].pipeline
+    runners, config, pipeline = build_runners(args, device)
     images = load_images(args.images, args.input_size, args.batch_size, args.seed)
     models = {runner.name: describe(runner) for runner in runners}
 
@@ -427,7 +407,4 @@ def cpu_flags() -> str:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main(parse_args()))
-    except UserError as error:
-        sys.exit(f"error: {error}")
+    run_command(main, parse_args)

@@ -22,18 +22,20 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from data.records import IMAGE_EXTENSIONS, BadSampleError, read_image
-from models.build import build_postprocessor, build_trained_model
-from utils.checkpoint import config_and_checkpoint
-from utils.config import (
+from engine.inference import InferencePipeline, speed_options
+from engine.loading import load_trained_model
+from models.build import build_postprocessor
+from utils.cli import (
+    add_checkpoint_argument,
     add_config_arguments,
-    apply_override,
+    add_device_argument,
+    add_speed_arguments,
+    run_command,
 )
-from utils.errors import UserError
-from utils.inference import InferencePipeline, SpeedOptions
+from utils.device import choose_device
 from utils.log import setup_logging
 from utils.visualize import draw_detections
 
@@ -53,13 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="an image, a folder, a glob pattern (quoted), a video file or a webcam index",
     )
     add_config_arguments(parser)
-    parser.add_argument(
-        "--checkpoint",
-        type=Path,
-        required=True,
-        help="weights: a checkpoint of this project (its config is used when --config is "
-        "not given) or an fssd.pytorch checkpoint with --config",
-    )
+    add_checkpoint_argument(parser, required=True)
     parser.add_argument("--output", type=Path, default=None, help="output folder")
     parser.add_argument("--show", action="store_true", help="show results in a window")
     parser.add_argument(
@@ -68,16 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--topk", type=int, default=100, help="most detections kept per image (default 100)"
     )
-    parser.add_argument(
-        "--fold-bn",
-        action="store_true",
-        help="fold BatchNorm into the preceding convs (same outputs, faster)",
-    )
-    parser.add_argument(
-        "--channels-last",
-        action="store_true",
-        help="NHWC activations (same outputs; much faster on CPUs with oneDNN)",
-    )
+    add_speed_arguments(parser)
+    add_device_argument(parser)
     parser.add_argument(
         "--class-names",
         nargs="*",
@@ -92,23 +80,17 @@ class Detector:
     """Model, post-processing and resizing for single images (RGB uint8)."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        config, checkpoint = config_and_checkpoint(args.config, args.overrides, args.checkpoint)
-        config = apply_override(config, f"postprocess.max_detections={args.topk}")
+        overrides = [*args.overrides, f"postprocess.max_detections={args.topk}"]
+        config, model, checkpoint = load_trained_model(args.config, overrides, args.checkpoint)
         self.class_names = args.class_names or (checkpoint or {}).get("class_names") or []
         if not self.class_names:
             self.class_names = [str(label) for label in range(1, config.model.num_classes)]
-        device = torch.device(
-            "cuda" if torch.cuda.is_available() and config.train.device != "cpu" else "cpu"
-        )
-        model = build_trained_model(config, args.checkpoint, checkpoint)
         self.pipeline = InferencePipeline(
             model,
             build_postprocessor(config, model.priors_cxcywh),
             image_size=config.model.image_size,
-            device=device,
-            options=SpeedOptions(
-                fold_bn=args.fold_bn, channels_last=args.channels_last, inference_mode=True
-            ),
+            device=choose_device(args.device, origin="--device"),
+            options=speed_options(args, inference_mode=True),
         )
         self.threshold = args.threshold
         self.output_dir = Path(config.train.output_dir) / "demo"
@@ -244,8 +226,6 @@ def main(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":
     try:
-        sys.exit(main(parse_args()))
-    except (UserError, FileNotFoundError) as error:
-        sys.exit(f"error: {error}")
+        run_command(main, parse_args, user_errors=(FileNotFoundError,))
     except cv2.error as error:
         sys.exit(f"error: OpenCV could not open a window or a file ({error.err})")

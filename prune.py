@@ -1,6 +1,6 @@
 """Network slimming, stage 2: remove the channels with the smallest BatchNorm scales.
 
-    python train.py --config configs/quickstart_shapes.yaml --sparsity 1e-3 \\
+    python train.py --config configs/quickstart_shapes.yaml train.sparsity=1e-3 \\
         train.output_dir=runs/slim_sparsity                                   # stage 1
     python prune.py --checkpoint runs/slim_sparsity/best.pt --ratio 0.5 \\
         --out runs/slim_sparsity/pruned.pt --benchmark                       # stage 2
@@ -21,18 +21,18 @@ import argparse
 import copy
 import io
 import logging
-import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from models.build import build_postprocessor, build_trained_model, count_flops, count_parameters
+from engine.inference import InferencePipeline, SpeedOptions, prepare_for_inference
+from engine.loading import load_trained_model
+from models.build import build_postprocessor, count_flops, count_parameters
 from models.detector import SingleShotDetector
-from models.folding import fold_batchnorm
-from models.pruning import channel_groups, prune_channels, select_channels
-from utils.checkpoint import config_and_checkpoint, save_checkpoint
-from utils.config import add_config_arguments, config_to_dict
-from utils.errors import UserError
+from models.pruning import channel_groups, global_threshold, prune_channels, select_channels
+from utils.checkpoint import make_checkpoint, save_checkpoint
+from utils.cli import add_checkpoint_argument, add_config_arguments, run_command
 from utils.log import setup_logging
 from utils.timing import median_ms, time_interleaved
 
@@ -46,11 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         epilog=__doc__,
     )
     add_config_arguments(parser)
-    parser.add_argument(
-        "--checkpoint",
-        type=Path,
-        required=True,
-        help="the trained (ideally sparsity-trained) checkpoint to prune",
+    add_checkpoint_argument(
+        parser, required=True, help="the trained (ideally sparsity-trained) checkpoint to prune"
     )
     parser.add_argument(
         "--ratio",
@@ -122,20 +119,27 @@ def benchmark(
     postprocessor: torch.nn.Module,
     image_size: int,
     repeats: int,
-    channels_last: bool = False,
+    options: SpeedOptions,
 ) -> dict[str, dict[str, float]]:
-    """Batch-1 forward and forward + post-processing latency (median ms) per model, all
-    timed in one interleaved loop so that they share the machine's noise."""
-    images = torch.randint(0, 256, (1, 3, image_size, image_size), dtype=torch.uint8)
-    if channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-        models = {
-            name: model.to(memory_format=torch.channels_last) for name, model in models.items()
-        }
+    """Batch-1 forward and forward + post-processing latency (median ms) of each model
+    through the inference pipeline with ``options``, all timed in one interleaved loop
+    so that they share the machine's noise."""
+    image = np.random.default_rng(0).integers(0, 256, (image_size, image_size, 3), np.uint8)
+    sizes = [image.shape[:2]]
     functions = {}
     for name, model in models.items():
-        functions[f"{name}/forward_ms"] = lambda model=model: model(images)
-        functions[f"{name}/end_to_end_ms"] = lambda model=model: postprocessor(*model(images))
+        pipeline = InferencePipeline(
+            model,
+            postprocessor,
+            image_size=image_size,
+            device=torch.device("cpu"),
+            options=options,
+        )
+        batch = pipeline.preprocess([image])
+        functions[f"{name}/forward_ms"] = lambda p=pipeline, b=batch: p.forward(b)
+        functions[f"{name}/end_to_end_ms"] = lambda p=pipeline, b=batch: p.postprocess(
+            *p.forward(b), sizes
+        )
     with torch.inference_mode():
         times = time_interleaved(functions, device=torch.device("cpu"), warmup=5, repeats=repeats)
     results: dict[str, dict[str, float]] = {name: {} for name in models}
@@ -147,8 +151,8 @@ def benchmark(
 
 def main(args: argparse.Namespace) -> int:
     setup_logging(is_main=True)
-    config, checkpoint = config_and_checkpoint(args.config, args.overrides, args.checkpoint)
-    model = build_trained_model(config, args.checkpoint, checkpoint).eval()
+    config, model, checkpoint = load_trained_model(args.config, args.overrides, args.checkpoint)
+    model.eval()
     image_size = config.model.image_size
     original = copy.deepcopy(model) if args.benchmark else None
     before = describe(model, image_size)
@@ -158,9 +162,7 @@ def main(args: argparse.Namespace) -> int:
         groups, args.ratio, min_keep_fraction=args.min_keep, multiple_of=args.multiple_of
     )
     widths_before = {group.name: group.width for group in groups}
-    scores = torch.cat([group.scores() for group in groups])
-    num_pruned = round(args.ratio * scores.numel())
-    threshold = float(torch.sort(scores).values[num_pruned - 1]) if num_pruned else 0.0
+    _, threshold = global_threshold(torch.cat([group.scores() for group in groups]), args.ratio)
     widths = prune_channels(groups, keep, compensate=not args.no_compensation)
     after = describe(model, image_size)
 
@@ -186,35 +188,31 @@ def main(args: argparse.Namespace) -> int:
 
     out = args.out or args.checkpoint.parent / f"pruned_{args.ratio:g}.pt"
     previous_widths = (checkpoint or {}).get("channel_widths") or {}
-    save_checkpoint(
-        {
-            "config": config_to_dict(config),
-            "class_names": (checkpoint or {}).get("class_names") or [],
-            "channel_widths": {**previous_widths, **widths},
-            "model": model.state_dict(),
-            "pruning": {
-                "source": str(args.checkpoint),
-                "ratio": args.ratio,
-                "threshold": threshold,
-                "min_keep_fraction": args.min_keep,
-                "multiple_of": args.multiple_of,
-                "compensation": not args.no_compensation,
-            },
+    state = make_checkpoint(
+        config=config,
+        model_state=model.state_dict(),
+        class_names=(checkpoint or {}).get("class_names") or [],
+        channel_widths={**previous_widths, **widths},
+        pruning={
+            "source": str(args.checkpoint),
+            "ratio": args.ratio,
+            "threshold": threshold,
+            "min_keep_fraction": args.min_keep,
+            "multiple_of": args.multiple_of,
+            "compensation": not args.no_compensation,
         },
-        out,
     )
+    save_checkpoint(state, out)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB on disk)")
 
     if original is not None:
-        folded = copy.deepcopy(model)
-        fold_batchnorm(folded)
-        postprocessor = build_postprocessor(config, model.priors_cxcywh)
+        folded = prepare_for_inference(copy.deepcopy(model), SpeedOptions(fold_bn=True))
         timings = benchmark(
             {"unpruned": original, "pruned": model, "pruned+folded": folded},
-            postprocessor,
+            build_postprocessor(config, model.priors_cxcywh),
             image_size,
             args.repeats,
-            channels_last=args.channels_last,
+            SpeedOptions(channels_last=args.channels_last, inference_mode=True),
         )
         reference = timings["unpruned"]
         layout = "NHWC" if args.channels_last else "NCHW"
@@ -234,7 +232,4 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main(parse_args()))
-    except UserError as error:
-        sys.exit(f"error: {error}")
+    run_command(main, parse_args)

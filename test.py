@@ -16,29 +16,18 @@ each stage took.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
 # Only torch-free modules at the top: scoring a results directory (--eval-only) never
 # loads torch or torchvision; the model path imports them when it runs.
 from data.records import AnnotationRecord
-from data.sources import read_records, resolve_class_names, val_annotation_file
-from utils.config import Config, ConfigError, add_config_arguments, load_config
-from utils.errors import UserError
-from utils.evaluation import (
-    COCO_RESULTS_FILE,
-    coco_results,
-    coco_truth_and_ids,
-    plot_pr_curves,
-    read_voc_results_arrays,
-    score_coco,
-    score_voc_results,
-    write_metrics,
-    write_voc_results,
-)
+from data.sources import read_records, resolve_class_names
+from engine.evaluation import Evaluator, plot_pr_curves, write_metrics
+from utils.checkpoint import config_and_checkpoint
+from utils.cli import add_config_arguments, add_device_argument, add_speed_arguments, run_command
+from utils.config import Config, ConfigError
 from utils.log import setup_logging
 from utils.timing import StageTimer, seconds_since_process_start
 
@@ -76,16 +65,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--profile", action="store_true", help="print the seconds each stage of the command took"
     )
-    parser.add_argument(
-        "--fold-bn",
-        action="store_true",
-        help="fold BatchNorm into the preceding convs before inference (same outputs, faster)",
-    )
-    parser.add_argument(
-        "--channels-last",
-        action="store_true",
-        help="NHWC activations (same outputs; much faster on CPUs with oneDNN)",
-    )
+    add_speed_arguments(parser)
+    add_device_argument(parser)
     # Overrides may come before or after the options.
     return parser.parse_intermixed_args(argv)
 
@@ -102,14 +83,6 @@ def print_table(result: dict[str, Any]) -> None:
 
 def resolve_config(args: argparse.Namespace) -> tuple[Config, dict[str, Any] | None]:
     """The config (``--config``, else the checkpoint's) and the project checkpoint."""
-    if args.checkpoint is None:
-        if args.config is None:
-            raise ConfigError(
-                "give --config, or --checkpoint of this project (it holds its config)"
-            )
-        return load_config(args.config, args.overrides), None
-    from utils.checkpoint import config_and_checkpoint
-
     return config_and_checkpoint(args.config, args.overrides, args.checkpoint)
 
 
@@ -121,37 +94,28 @@ def run_model(
     class_names: list[str],
 ) -> tuple[list[dict[str, Any] | None], dict[str, Any]]:
     """Detections (per record, pixels) of the model and its speed."""
-    import torch
-
     from data.loader import build_dataset, build_eval_loader
-    from models.build import build_model, build_postprocessor, build_trained_model
-    from models.folding import fold_batchnorm
-    from utils.engine import predict
+    from engine.inference import InferencePipeline, predict, speed_options
+    from engine.loading import build_trained_model
+    from models.build import build_model, build_postprocessor
+    from utils.device import choose_device
 
     if args.checkpoint is None and not config.model.weights:
         raise ConfigError("give --checkpoint (or model.weights) to evaluate a model")
-    device = torch.device(
-        "cuda" if torch.cuda.is_available() and config.train.device != "cpu" else "cpu"
-    )
+    device = choose_device(args.device, origin="--device")
     if args.checkpoint is not None:
         model = build_trained_model(config, args.checkpoint, checkpoint)
     else:
         model = build_model(config)
-    model.eval()
-    if args.fold_bn:
-        logger.info("folded %d BatchNorm layers into convs", fold_batchnorm(model))
-    model = model.to(device)
-    if args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    postprocessor = build_postprocessor(config, model.priors_cxcywh).to(device)
-    dataset = build_dataset(config, "val", class_names, records)
-    detections, timing = predict(
+    pipeline = InferencePipeline(
         model,
-        postprocessor,
-        build_eval_loader(dataset, config),
-        device,
-        channels_last=args.channels_last,
+        build_postprocessor(config, model.priors_cxcywh),
+        image_size=config.model.image_size,
+        device=device,
+        options=speed_options(args, inference_mode=True),
     )
+    dataset = build_dataset(config, "val", class_names, records)
+    detections, timing = predict(pipeline, build_eval_loader(dataset, config))
     speed = {**timing.ms_per_image(), "device": str(device), "batch_size": config.eval.batch_size}
     return detections, speed
 
@@ -161,11 +125,6 @@ def main(args: argparse.Namespace) -> int:
     timer = StageTimer()
     with timer.stage("config"):
         config, checkpoint = resolve_config(args)
-    metric = config.eval.metric
-    if len(config.data.val_sets) != 1 and metric == "coco":
-        raise ConfigError(
-            "the COCO metric scores one annotation file: give one data.val_sets entry"
-        )
     if args.eval_only is not None and not args.eval_only.is_dir():
         raise FileNotFoundError(f"{args.eval_only}: results directory not found")
     with timer.stage("annotations"):
@@ -173,41 +132,20 @@ def main(args: argparse.Namespace) -> int:
         records = read_records(config, "val", class_names)
     results_dir = args.eval_only or args.results_dir or Path(config.train.output_dir) / "eval"
     results_dir.mkdir(parents=True, exist_ok=True)
-    coco_truth = None
-    if metric == "coco":
-        with timer.stage("COCO ground truth"):
-            coco_truth = coco_truth_and_ids(records, class_names, val_annotation_file(config))
+    with timer.stage("ground truth"):
+        evaluator = Evaluator.from_config(config, records, class_names)
 
     speed = None
     if args.eval_only is None:
         with timer.stage("model and inference"):
             detections, speed = run_model(args, config, checkpoint, records, class_names)
         with timer.stage("results files"):
-            write_voc_results(records, detections, class_names, results_dir)
-            if coco_truth is not None:
-                _, image_ids, category_ids = coco_truth
-                entries = coco_results(detections, image_ids, category_ids)
-                (results_dir / COCO_RESULTS_FILE).write_text(json.dumps(entries), encoding="utf-8")
-
-    if coco_truth is not None:
-        results_file = results_dir / COCO_RESULTS_FILE
-        if not results_file.is_file():
-            raise FileNotFoundError(f"{results_file}: COCO results file not found")
-        with timer.stage("results files"):
-            entries = json.loads(results_file.read_text(encoding="utf-8"))
-        with timer.stage("scoring"):
-            result = score_coco(coco_truth[0], entries, class_names)
-    else:
-        with timer.stage("results files"):
-            detections_read = read_voc_results_arrays(results_dir, records, class_names)
-        with timer.stage("scoring"):
-            result = score_voc_results(
-                detections_read,
-                records,
-                class_names,
-                use_07_metric=metric == "voc07",
-                iou_threshold=config.eval.iou_threshold,
-            )
+            evaluator.write_results(detections, results_dir)
+    # Scored from the files, so that what is reported is what the directory holds.
+    with timer.stage("results files"):
+        results = evaluator.read_results(results_dir)
+    with timer.stage("scoring"):
+        result = evaluator.score_results(results)
     if speed is not None:
         result["speed"] = speed
     print_table(result)
@@ -234,7 +172,4 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main(parse_args()))
-    except (UserError, FileNotFoundError, ValueError) as error:
-        sys.exit(f"error: {error}")
+    run_command(main, parse_args, user_errors=(FileNotFoundError, ValueError))

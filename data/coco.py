@@ -55,7 +55,8 @@ def read_coco(
 ) -> list[AnnotationRecord]:
     """Records of a COCO file. Labels follow ``class_names`` (matched by category name).
 
-    Crowd boxes are left out of the targets (kept in ``extra["crowd_boxes"]``). Images
+    Crowd boxes are left out of the targets (COCO AP reads them from the annotation
+    file itself, where COCOeval ignores detections on them). Images
     without annotations are kept when ``keep_empty`` (evaluation) and left out otherwise.
     Each record carries its COCO image id in ``extra["coco_id"]``.
     """
@@ -74,14 +75,11 @@ def read_coco(
     for image_id in sorted(coco.imgs):
         info = coco.imgs[image_id]
         width, height = int(info["width"]), int(info["height"])
-        boxes, labels, crowd = [], [], []
+        boxes, labels = [], []
         for annotation in coco.imgToAnns.get(image_id, []):
             x, y, w, h = annotation["bbox"]
             box = [x, y, x + w, y + h]
-            if annotation.get("iscrowd", 0):
-                crowd.append(box)
-                continue
-            if annotation["category_id"] not in label_of_category:
+            if annotation.get("iscrowd", 0) or annotation["category_id"] not in label_of_category:
                 continue
             boxes.append(box)
             labels.append(label_of_category[annotation["category_id"]])
@@ -101,10 +99,7 @@ def read_coco(
                 labels=np.asarray(labels, dtype=np.int64)[keep],
                 difficult=np.zeros(int(keep.sum()), dtype=bool),
                 source=source,
-                extra={
-                    "coco_id": image_id,
-                    "crowd_boxes": np.asarray(crowd, dtype=np.float32).reshape(-1, 4),
-                },
+                extra={"coco_id": image_id},
             )
         )
     if empty:

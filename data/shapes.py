@@ -8,12 +8,11 @@ stripes, lines and dots as clutter. The output is a
 VOCdevkit-style folder (``JPEGImages``, ``Annotations``, ``ImageSets/Main/{train,val}.txt``)
 and a ``shapes.json`` manifest of the settings. Everything is a function of the seed.
 
-    python -m data.shapes --root datasets/shapes --train 2000 --val 300
+    python -m tools.make_shapes --root datasets/shapes --train 2000 --val 300
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -249,31 +248,3 @@ def ensure_shapes_dataset(
     # Written last: its presence marks a complete dataset.
     manifest.write_text(json.dumps(settings, indent=2), encoding="utf-8")
     return root
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Generate the shapes detection dataset (VOC format)."
-    )
-    parser.add_argument("--root", type=Path, default=Path("datasets/shapes"), help="output folder")
-    parser.add_argument("--train", type=int, default=2000, help="training images")
-    parser.add_argument("--val", type=int, default=300, help="validation images")
-    parser.add_argument("--image-size", type=int, default=256, help="image side in pixels")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the whole dataset")
-    return parser.parse_args(argv)
-
-
-def main(args: argparse.Namespace) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    ensure_shapes_dataset(
-        args.root,
-        num_train=args.train,
-        num_val=args.val,
-        image_size=args.image_size,
-        seed=args.seed,
-    )
-    print(f"shapes dataset ready in {args.root}")
-
-
-if __name__ == "__main__":
-    main(parse_args())

@@ -14,8 +14,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-# Fill of zoomed-out canvases: the RGB pixel mean of ImageNet (SSD's "mean fill").
-MEAN_FILL_RGB = (123, 117, 104)
+from utils.pixels import MEAN_FILL_RGB
 
 
 def _keep_valid(

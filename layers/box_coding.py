@@ -12,8 +12,6 @@ import torch
 from torch import Tensor
 from torchvision.ops import box_convert
 
-DEFAULT_VARIANCES: tuple[float, float] = (0.1, 0.2)
-
 # Largest log-scale a decoded width/height may take: exp() of an untrained or fp16
 # prediction can overflow to inf, which would poison NMS and the loss. Same bound as
 # torchvision's detection box coder (a box 1000/16 times its prior).
@@ -39,7 +37,7 @@ def _convert(boxes: Tensor, in_fmt: str, out_fmt: str) -> Tensor:
 def encode(
     boxes_xyxy: Tensor,
     priors_cxcywh: Tensor,
-    variances: tuple[float, float] = DEFAULT_VARIANCES,
+    variances: tuple[float, float],
 ) -> Tensor:
     """Regression targets of boxes against the priors they are matched to.
 
@@ -64,7 +62,7 @@ def encode(
 def decode(
     offsets: Tensor,
     priors_cxcywh: Tensor,
-    variances: tuple[float, float] = DEFAULT_VARIANCES,
+    variances: tuple[float, float],
 ) -> Tensor:
     """Boxes from predicted offsets; the inverse of :func:`encode`.
 

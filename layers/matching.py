@@ -14,7 +14,7 @@ def match_priors(
     gt_boxes: Sequence[Tensor],
     gt_labels: Sequence[Tensor],
     priors_xyxy: Tensor,
-    iou_threshold: float = 0.5,
+    iou_threshold: float,
 ) -> tuple[Tensor, Tensor]:
     """Match every prior of every image to a ground-truth box or to background.
 

@@ -8,15 +8,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from layers.box_coding import DEFAULT_VARIANCES, cxcywh_to_xyxy, encode
+from layers.box_coding import cxcywh_to_xyxy, encode
 from layers.matching import match_priors
 
 
 def hard_negative_mask(
     background_loss: Tensor,
     positive: Tensor,
-    neg_pos_ratio: int = 3,
-    min_negatives: int = 0,
+    *,
+    neg_pos_ratio: int,
+    min_negatives: int,
 ) -> Tensor:
     """Pick, per image, the negatives with the highest classification loss.
 
@@ -48,9 +49,10 @@ def multibox_loss(
     conf_logits: Tensor,
     loc_targets: Tensor,
     labels: Tensor,
-    neg_pos_ratio: int = 3,
-    min_negatives: int = 0,
-    loc_weight: float = 1.0,
+    *,
+    neg_pos_ratio: int,
+    min_negatives: int,
+    loc_weight: float,
 ) -> dict[str, Tensor]:
     """Loss from already-matched targets.
 
@@ -116,11 +118,11 @@ class MultiBoxLoss(nn.Module):
         self,
         *,
         priors_cxcywh: Tensor,
-        iou_threshold: float = 0.5,
-        neg_pos_ratio: int = 3,
-        min_negatives: int = 0,
-        loc_weight: float = 1.0,
-        variances: tuple[float, float] = DEFAULT_VARIANCES,
+        iou_threshold: float,
+        neg_pos_ratio: int,
+        min_negatives: int,
+        loc_weight: float,
+        variances: tuple[float, float],
     ) -> None:
         super().__init__()
         self.register_buffer("priors_cxcywh", priors_cxcywh.clone(), persistent=False)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import nms
 
-from layers.box_coding import DEFAULT_VARIANCES, decode
+from layers.box_coding import decode
 
 
 def postprocess(
@@ -15,11 +15,11 @@ def postprocess(
     conf_logits: Tensor,
     priors_cxcywh: Tensor,
     *,
-    variances: tuple[float, float] = DEFAULT_VARIANCES,
-    score_threshold: float = 0.01,
-    pre_nms_topk: int = 200,
-    nms_iou_threshold: float = 0.45,
-    max_detections: int = 200,
+    variances: tuple[float, float],
+    score_threshold: float,
+    pre_nms_topk: int,
+    nms_iou_threshold: float,
+    max_detections: int,
 ) -> list[dict[str, Tensor]]:
     """Detections for a batch, computed for all images and classes at once.
 
@@ -183,11 +183,11 @@ class PostProcessor(nn.Module):
         self,
         *,
         priors_cxcywh: Tensor,
-        variances: tuple[float, float] = DEFAULT_VARIANCES,
-        score_threshold: float = 0.01,
-        pre_nms_topk: int = 200,
-        nms_iou_threshold: float = 0.45,
-        max_detections: int = 200,
+        variances: tuple[float, float],
+        score_threshold: float,
+        pre_nms_topk: int,
+        nms_iou_threshold: float,
+        max_detections: int,
     ) -> None:
         super().__init__()
         self.register_buffer("priors_cxcywh", priors_cxcywh.clone(), persistent=False)

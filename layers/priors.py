@@ -47,8 +47,8 @@ class PriorGenerator:
         min_sizes: Sequence[float],
         max_sizes: Sequence[float] | None,
         aspect_ratios: Sequence[Sequence[float]],
-        steps: Sequence[float] | None = None,
-        clip: bool = True,
+        steps: Sequence[float] | None,
+        clip: bool,
     ) -> None:
         num_maps = len(min_sizes)
         lengths = {"aspect_ratios": len(aspect_ratios)}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,8 +27,7 @@ from models.weights import (
     load_backbone_weights,
     load_detector_weights,
 )
-from utils.checkpoint import config_and_checkpoint
-from utils.config import Config, ModelConfig, PriorConfig, load_config
+from utils.config import Config, ModelConfig, PriorConfig
 
 logger = logging.getLogger(__name__)
 
@@ -113,24 +111,27 @@ def build_features(model: ModelConfig, backbone: nn.Module) -> nn.Module:
     return SSDFeatures(backbone, extras, l2norm_first=model.backbone == "vgg16")
 
 
+class InputSizeError(ValueError):
+    """The input is too small for the network's layers: a map would vanish."""
+
+
 def measure_feature_map_sizes(features: nn.Module, image_size: int) -> list[tuple[int, int]]:
     """``(height, width)`` of every detection map, from a shape-only forward pass.
 
-    The pass runs on a copy on the ``meta`` device: no memory, no compute.
+    Measured by :func:`meta_forward`: no memory, no compute.
 
     Raises:
-        ValueError: the input is too small for the layers (a map would vanish).
+        InputSizeError: the input is too small for the layers (a map would vanish).
     """
-    meta_copy = copy.deepcopy(features).to("meta").eval()
     try:
-        maps = meta_copy(torch.zeros(1, 3, image_size, image_size, device="meta"))
+        maps = meta_forward(features, image_size)
     except RuntimeError as error:
-        raise ValueError(
+        raise InputSizeError(
             f"input size {image_size} is too small for this network's layers: {error}"
         ) from error
     sizes = [(int(feature.shape[-2]), int(feature.shape[-1])) for feature in maps]
     if any(height < 1 or width < 1 for height, width in sizes):
-        raise ValueError(f"input size {image_size} gives empty feature maps: {sizes}")
+        raise InputSizeError(f"input size {image_size} gives empty feature maps: {sizes}")
     return sizes
 
 
@@ -181,35 +182,15 @@ def build_model(
     return model
 
 
-def build_trained_model(
-    config: Config, weights: str | Path, checkpoint: Mapping[str, Any] | None
-) -> SingleShotDetector:
-    """The model of a checkpoint (``checkpoint`` is its contents when it is this
-    project's, carrying the widths of a pruned model) with its weights loaded from
-    ``weights`` (this project's or fssd.pytorch's format)."""
-    model = build_model(
-        config, load_weights=False, channel_widths=(checkpoint or {}).get("channel_widths")
-    )
-    load_detector_weights(model, weights)
-    return model
-
-
-def build_model_to_run(
-    config_path: str | Path | None, overrides: list[str], checkpoint_path: str | Path | None
-) -> tuple[Config, SingleShotDetector]:
-    """The config and model a timing or export script runs: the checkpoint's (pruned
-    widths included; config from ``config_path`` or the checkpoint), or without one the
-    config's model with random weights."""
-    if checkpoint_path is None:
-        config = load_config(config_path, overrides)
-        return config, build_model(config, load_weights=False)
-    config, checkpoint = config_and_checkpoint(config_path, overrides, checkpoint_path)
-    return config, build_trained_model(config, checkpoint_path, checkpoint)
+def meta_forward(module: nn.Module, image_size: int) -> Any:
+    """``module``'s output for one ``image_size`` square image, shapes only: the pass
+    runs on a copy on the ``meta`` device (no memory, no compute)."""
+    meta_copy = copy.deepcopy(module).to("meta").eval()
+    return meta_copy(torch.zeros(1, 3, image_size, image_size, device="meta"))
 
 
 def count_head_outputs(model: SingleShotDetector, image_size: int) -> int:
-    meta_copy = copy.deepcopy(model).to("meta").eval()
-    loc, _ = meta_copy(torch.zeros(1, 3, image_size, image_size, device="meta"))
+    loc, _ = meta_forward(model, image_size)
     return int(loc.shape[1])
 
 
@@ -246,7 +227,6 @@ def count_flops(model: nn.Module, image_size: int) -> int:
     counts as 2). Counted on a ``meta`` copy: no compute, no memory."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    meta_copy = copy.deepcopy(model).to("meta").eval()
     with FlopCounterMode(display=False) as counter:
-        meta_copy(torch.zeros(1, 3, image_size, image_size, device="meta"))
+        meta_forward(model, image_size)
     return int(counter.get_total_flops())

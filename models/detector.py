@@ -8,21 +8,16 @@ import torch
 from torch import Tensor, nn
 
 from models.heads import MultiBoxHead
+from utils.pixels import CAFFE_BGR_MEAN, IMAGENET_RGB_MEAN, IMAGENET_RGB_STD
 
 PixelFormat = Literal["bgr_caffe", "rgb_imagenet"]
-
-# Caffe VGG / fssd.pytorch weights: BGR pixels in 0..255 minus the BGR mean.
-CAFFE_BGR_MEAN = (104.0, 117.0, 123.0)
-# torchvision weights: RGB in 0..1, ImageNet mean and std.
-IMAGENET_RGB_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_RGB_STD = (0.229, 0.224, 0.225)
 
 
 class InputNormalizer(nn.Module):
     """RGB pixels in 0..255 (``[B, 3, H, W]``, any float or uint8) to what the weights expect.
 
     Args:
-        pixel_format: ``bgr_caffe`` flips to BGR and subtracts (104, 117, 123);
+        pixel_format: ``bgr_caffe`` flips to BGR and subtracts ``CAFFE_BGR_MEAN``;
             ``rgb_imagenet`` scales to 0..1 and standardises with the ImageNet mean/std.
     """
 
@@ -72,10 +67,6 @@ class SingleShotDetector(nn.Module):
         self.features = features
         self.head = head
         self.register_buffer("priors_cxcywh", priors_cxcywh, persistent=False)
-
-    @property
-    def num_classes(self) -> int:
-        return self.head.num_classes
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """``images`` ``[B, 3, H, W]`` RGB 0..255 -> ``loc`` ``[B, P, 4]``, ``conf``

@@ -300,6 +300,18 @@ def prunable_norm_names(model: SingleShotDetector) -> list[str]:
     return [names[norm] for group in channel_groups(model) for norm in group.norms]
 
 
+def global_threshold(scores: Tensor, ratio: float) -> tuple[Tensor, float]:
+    """Which of ``scores`` ``[N]`` the global ``ratio`` prunes: the ``round(ratio * N)``
+    lowest (ties broken by position, so the count is exact), as a ``[N]`` mask, and
+    the threshold, the highest pruned score (0 when nothing is pruned)."""
+    num_pruned = round(ratio * scores.numel())
+    pruned = torch.zeros(scores.numel(), dtype=torch.bool)
+    order = torch.sort(scores, stable=True).indices
+    pruned[order[:num_pruned]] = True
+    threshold = float(scores[order[num_pruned - 1]]) if num_pruned else 0.0
+    return pruned, threshold
+
+
 def select_channels(
     groups: list[ChannelGroup],
     ratio: float,
@@ -326,11 +338,7 @@ def select_channels(
     if not groups:
         raise PruningError("the model has no prunable channels (BatchNorm layers)")
     scores = [group.scores() for group in groups]
-    flat = torch.cat(scores)
-    num_pruned = round(ratio * flat.numel())
-    pruned = torch.zeros(flat.numel(), dtype=torch.bool)
-    order = torch.sort(flat, stable=True).indices
-    pruned[order[:num_pruned]] = True
+    pruned, _ = global_threshold(torch.cat(scores), ratio)
     keep: dict[str, Tensor] = {}
     start = 0
     for group, group_scores in zip(groups, scores, strict=True):

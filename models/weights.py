@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import re
 from collections import OrderedDict
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -152,21 +153,59 @@ def _assign_in_order(
     ):
         expected = {name: value for name, value in layer.state_dict().items() if value is not None}
         kind = "BatchNorm" if isinstance(layer, nn.BatchNorm2d) else "conv"
-        for name, value in expected.items():
-            if name not in tensors:
-                if name == "num_batches_tracked":
-                    continue
-                raise WeightsError(
-                    f"{origin}: '{source_name}' has no '{name}' for {kind} layer "
-                    f"'{target_prefix}{target_name}'"
-                )
-            if tensors[name].shape != value.shape:
-                raise WeightsError(
-                    f"{origin}: '{source_name}.{name}' has shape {list(tensors[name].shape)} "
-                    f"but '{target_prefix}{target_name}.{name}' needs {list(value.shape)}"
-                )
-            converted[f"{target_prefix}{target_name}.{name}"] = tensors[name]
+        check_fit(
+            tensors,
+            expected,
+            origin=origin,
+            target=f"{kind} layer '{target_prefix}{target_name}'",
+            source_prefix=f"{source_name}.",
+            allow_unexpected=True,
+        )
+        for name in expected:
+            if name in tensors:
+                converted[f"{target_prefix}{target_name}.{name}"] = tensors[name]
     return converted
+
+
+def check_fit(
+    given: Mapping[str, Tensor],
+    expected: Mapping[str, Tensor],
+    *,
+    origin: str,
+    target: str = "this model",
+    source_prefix: str = "",
+    allow_unexpected: bool = False,
+    hint: str = "",
+) -> None:
+    """Check that the tensors ``given`` (read from ``origin``) fit ``expected`` (a
+    module's state dict): every expected tensor present (a BatchNorm's
+    ``num_batches_tracked`` may be absent), nothing else unless ``allow_unexpected``,
+    every shape equal.
+
+    Raises:
+        WeightsError: naming the file, the first offending tensor and ``hint``.
+    """
+    missing = [
+        key for key in expected if key not in given and not key.endswith("num_batches_tracked")
+    ]
+    unexpected = [] if allow_unexpected else [key for key in given if key not in expected]
+    suffix = f"; {hint}" if hint else ""
+    if missing or unexpected:
+        detail = (
+            f"unexpected '{source_prefix}{unexpected[0]}'"
+            if unexpected
+            else f"missing '{source_prefix}{missing[0]}'"
+        )
+        raise WeightsError(
+            f"{origin}: does not fit {target} ({len(unexpected)} unexpected, "
+            f"{len(missing)} missing tensors, e.g. {detail}){suffix}"
+        )
+    for key, value in expected.items():
+        if key in given and given[key].shape != value.shape:
+            raise WeightsError(
+                f"{origin}: '{source_prefix}{key}' has shape {list(given[key].shape)} but "
+                f"{target} needs {list(value.shape)}{suffix}"
+            )
 
 
 def reduce_fc_to_conv(fc6: dict[str, Tensor], fc7: dict[str, Tensor]) -> tuple[dict, dict]:
@@ -342,20 +381,14 @@ def load_backbone_weights(
         source_format = "torchvision"
         own = backbone.state_dict()
         converted = {key: value for key, value in state_dict.items() if key in own}
-        missing = [
-            key for key in own if key not in converted and not key.endswith("num_batches_tracked")
-        ]
-        if missing:
-            raise WeightsError(
-                f"{origin}: not {backbone_name} weights; missing {len(missing)} tensors "
-                f"such as '{missing[0]}'"
-            )
-        for key, value in converted.items():
-            if value.shape != own[key].shape:
-                raise WeightsError(
-                    f"{origin}: '{key}' has shape {list(value.shape)} but the backbone needs "
-                    f"{list(own[key].shape)} (width multiplier other than 1?)"
-                )
+        check_fit(
+            state_dict,
+            own,
+            origin=origin,
+            target=f"the {backbone_name} backbone",
+            allow_unexpected=True,  # the classifier the detector does not use
+            hint="is it a width multiplier other than 1?",
+        )
     result = backbone.load_state_dict(converted, strict=False)
     logger.info(
         "loaded %d backbone tensors from %s (%s format); %d left at initialisation",
@@ -380,21 +413,11 @@ def load_detector_weights(model: nn.Module, path: str | Path) -> str:
     else:
         converted = state_dict
         source_format = "project"
-    own = model.state_dict()
-    unexpected = [key for key in converted if key not in own]
-    missing = [key for key in own if key not in converted]
-    if unexpected or missing:
-        detail = f"unexpected '{unexpected[0]}'" if unexpected else f"missing '{missing[0]}'"
-        raise WeightsError(
-            f"{origin}: does not fit this model ({len(unexpected)} unexpected, "
-            f"{len(missing)} missing tensors, e.g. {detail}); check the config it was "
-            "trained with"
-        )
-    for key, value in converted.items():
-        if value.shape != own[key].shape:
-            raise WeightsError(
-                f"{origin}: '{key}' has shape {list(value.shape)} but the model needs "
-                f"{list(own[key].shape)}; check model.num_classes and the architecture"
-            )
-    model.load_state_dict(converted)
+    check_fit(
+        converted,
+        model.state_dict(),
+        origin=origin,
+        hint="check the config it was trained with (model.num_classes, the architecture)",
+    )
+    model.load_state_dict(converted, strict=False)
     return source_format

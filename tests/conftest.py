@@ -1,3 +1,4 @@
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,19 @@ def randomise_batchnorm(model: nn.Module, seed: int = 0) -> None:
                 module.running_var.copy_(torch.rand(size, generator=generator) + 0.5)
                 module.weight.copy_(torch.randn(size, generator=generator))
                 module.bias.copy_(torch.randn(size, generator=generator))
+
+
+def postprocess_settings(**overrides):
+    """The config's post-processing defaults (``PostProcessConfig``, the priors'
+    variances), with ``overrides``: what the layers take as keyword arguments."""
+    from utils.config import PostProcessConfig, PriorConfig
+
+    defaults = dataclasses.asdict(PostProcessConfig())
+    return {**defaults, "variances": PriorConfig().variances, **overrides}
+
+
+def loss_settings(**overrides):
+    """The config's loss defaults (``LossConfig``, the priors' variances), with ``overrides``."""
+    from utils.config import LossConfig, PriorConfig
+
+    return {**dataclasses.asdict(LossConfig()), "variances": PriorConfig().variances, **overrides}

@@ -40,14 +40,16 @@ def test_decode_of_encode_round_trip():
     top_left = torch.rand(3, 50, 2, generator=generator) * 0.5
     sizes = 0.01 + torch.rand(3, 50, 2, generator=generator) * 0.49
     boxes = torch.cat([top_left, top_left + sizes], dim=-1)  # [B, P, 4]
-    offsets = encode(boxes, priors_cxcywh)
+    offsets = encode(boxes, priors_cxcywh, (0.1, 0.2))
     assert offsets.shape == (3, 50, 4)
-    torch.testing.assert_close(decode(offsets, priors_cxcywh), boxes, rtol=0, atol=1e-6)
+    torch.testing.assert_close(decode(offsets, priors_cxcywh, (0.1, 0.2)), boxes, rtol=0, atol=1e-6)
 
 
 def test_decode_stays_finite_for_extreme_offsets():
     prior = torch.tensor([[0.5, 0.5, 0.1, 0.1]])
-    boxes = decode(torch.tensor([[0.0, 0.0, 1e4, 1e4]]), prior)
+    boxes = decode(torch.tensor([[0.0, 0.0, 1e4, 1e4]]), prior, (0.1, 0.2))
     assert torch.isfinite(boxes).all()
     # Half-precision offsets decode without overflow too.
-    assert torch.isfinite(decode(torch.full((1, 4), 60000.0, dtype=torch.float16), prior)).all()
+    assert torch.isfinite(
+        decode(torch.full((1, 4), 60000.0, dtype=torch.float16), prior, (0.1, 0.2))
+    ).all()

@@ -97,3 +97,32 @@ def test_fssd_pytorch_style_weights_need_and_use_a_config(checkpoint, tiny_shape
     saved = checkpoint.parent / "config.yaml"
     assert run_demo("--checkpoint", weights, "--config", saved, image) == 0
     assert (checkpoint.parent / "demo" / "val_000000.jpg").is_file()
+
+
+def test_image_with_no_detections_is_written_unchanged(checkpoint, shared_dir, tmp_path, capsys):
+    # No score reaches 1.0: post-processing keeps nothing, and the demo still writes the
+    # image (unchanged but for JPEG re-encoding) and reports 0 detections.
+    source = sorted((shared_dir / "data" / "demo_images").glob("*.jpg"))[0]
+    output = tmp_path / "out"
+    code = run_demo(
+        "--checkpoint", checkpoint, source, "--output", output, "postprocess.score_threshold=1.0"
+    )
+    assert code == 0
+    written = cv2.imread(str(output / source.name))
+    original = cv2.imread(str(source))
+    assert written.shape == original.shape
+    assert np.abs(written.astype(int) - original.astype(int)).mean() < 2.0
+    assert f"{source.name}: 0 detections" in capsys.readouterr().out
+
+
+def test_threshold_and_topk_decide_what_is_drawn(checkpoint, tiny_shapes_root):
+    arguments = ["--checkpoint", str(checkpoint), "x.jpg", "--topk", "3", "--threshold", "0"]
+    detector = demo.Detector(demo.parse_args(arguments))
+    image = cv2.cvtColor(cv2.imread(str(tiny_shapes_root / "JPEGImages" / "val_000000.jpg")),
+                         cv2.COLOR_BGR2RGB)  # fmt: skip
+    drawn, result = detector(image)
+    assert len(result["scores"]) == 3  # the barely trained model scores many priors > 0.01
+    assert not np.array_equal(drawn, image)  # threshold 0: all three are drawn
+    detector.threshold = 1.0
+    drawn, _ = detector(image)
+    assert np.array_equal(drawn, image)

@@ -12,18 +12,20 @@ import test as test_script
 import train
 from data.records import AnnotationRecord
 from data.voc import VOC_CLASSES
-from tests.conftest import REPO_ROOT, tiny_train_overrides
-from tests.test_data import voc_mini, voc_mini_coco
-from tools.eval_benchmark import classic_voc_ap
-from utils.evaluation import (
+from engine.evaluation import (
     COCO_STAT_NAMES,
+    Evaluator,
+    coco_ground_truth,
     coco_results,
-    read_voc_results,
     read_voc_results_arrays,
     score_coco,
     score_voc_results,
+    voc_results_arrays,
     write_voc_results,
 )
+from tests.conftest import REPO_ROOT, tiny_train_overrides
+from tests.test_data import voc_mini, voc_mini_coco
+from tools.eval_benchmark import classic_voc_ap
 
 
 def shared_coco_detections(shared_dir):
@@ -61,7 +63,60 @@ def test_coco_numbers_equal_pycocotools_run_directly(shared_dir):
     for name, value in zip(COCO_STAT_NAMES, direct.stats, strict=True):
         assert ours[name] == value, name
     assert ours["mAP"] == direct.stats[0] and ours["metric"] == "coco"
-    assert len(ours["ap_per_class"]) == 20
+    # Per class (our slice of the precision array) against pycocotools evaluating that
+    # one category on its own and summarising it.
+    category_of_name = {category["name"]: key for key, category in truth.cats.items()}
+    for name in VOC_CLASSES:
+        with contextlib.redirect_stdout(io.StringIO()):
+            single = COCOeval(truth, truth.loadRes(entries), "bbox")
+            single.params.catIds = [category_of_name[name]]
+            single.evaluate()
+            single.accumulate()
+            single.summarize()
+        assert ours["ap_per_class"][name] == pytest.approx(single.stats[0], abs=1e-12), name
+    assert 0.0 < min(ours["ap_per_class"].values()) < max(ours["ap_per_class"].values()) < 1.0
+
+
+def test_coco_ground_truth_of_voc_records_makes_difficult_objects_crowd(shared_dir):
+    records = voc_mini(shared_dir)
+    difficult = [
+        (index, record.boxes[j], record.labels[j])
+        for index, record in enumerate(records)
+        for j in np.flatnonzero(record.difficult)
+    ]
+    assert len(difficult) > 0
+    truth = coco_ground_truth(records, VOC_CLASSES)
+    annotations = truth["annotations"]
+    assert len(annotations) == sum(record.num_objects for record in records)
+    assert sum(item["iscrowd"] for item in annotations) == len(difficult)
+    first = records[0]
+    x1, y1, x2, y2 = (float(value) for value in first.boxes[0])
+    assert annotations[0]["bbox"] == [x1, y1, x2 - x1, y2 - y1]
+    assert annotations[0]["area"] == pytest.approx((x2 - x1) * (y2 - y1))
+    assert annotations[0]["category_id"] == int(first.labels[0])
+    assert [image["width"] for image in truth["images"]] == [r.width for r in records]
+
+    # Scored as COCO: a detection exactly on a difficult box changes nothing (COCOeval
+    # ignores detections matched to crowd boxes), one on an ordinary box does.
+    evaluator = Evaluator(metric="coco", records=records, class_names=VOC_CLASSES)
+    empty = {"boxes": np.zeros((0, 4)), "scores": np.zeros(0), "labels": np.zeros(0, np.int64)}
+
+    def scored(hits):
+        detections = [dict(empty) for _ in records]
+        for index, box, label in hits:
+            detections[index] = {
+                "boxes": box[None].astype(np.float64),
+                "scores": np.array([0.9]),
+                "labels": np.array([label]),
+            }
+        return evaluator.score(detections)
+
+    ordinary = next((i, r.boxes[j], r.labels[j]) for i, r in enumerate(records)
+                    for j in range(r.num_objects) if not r.difficult[j])  # fmt: skip
+    base = scored([ordinary])
+    with_difficult = scored([ordinary, difficult[0]])
+    assert base["mAP"] > 0 and with_difficult["mAP"] == base["mAP"]
+    assert with_difficult["AR100"] == base["AR100"]
 
 
 def test_coco_results_from_records_round_trip(shared_dir):
@@ -133,17 +188,22 @@ def test_voc_numbers_equal_an_independent_computation(shared_dir, tmp_path, use_
         assert result["ap_per_class"][name] == pytest.approx(expected, abs=1e-9), name
         aps.append(expected)
     assert result["mAP"] == pytest.approx(np.mean(aps), abs=1e-9)
-    # The files hold 1-based pixels and read back to the devkit detections, image by image.
-    back = read_voc_results(tmp_path, records, VOC_CLASSES)
-    assert len(back) == len(devkit)
-    for read, written in zip(back, devkit, strict=True):
-        rows_read = np.column_stack([read["labels"], read["scores"], read["boxes"]])
-        rows_written = np.column_stack([written["labels"], written["scores"], written["boxes"]])
-        np.testing.assert_allclose(
-            rows_read[np.lexsort(rows_read.T[::-1])],
-            rows_written[np.lexsort(rows_written.T[::-1])],
-            rtol=1e-7,
-        )
+    # The files hold 1-based pixels and read back to exactly what voc_results_arrays
+    # makes of the detections (the arrays training-time evaluation scores).
+    read = read_voc_results_arrays(tmp_path, records, VOC_CLASSES)
+    direct = voc_results_arrays(continuous)
+    assert read["images"].size == direct["images"].size == sum(len(d["scores"]) for d in devkit)
+
+    def rows(flat):
+        table = np.column_stack([flat["images"], flat["labels"], flat["scores"], flat["boxes"]])
+        return table[np.lexsort(table.T[::-1])]
+
+    np.testing.assert_allclose(rows(read), rows(direct), rtol=1e-7)
+    devkit_flat = {
+        "images": np.concatenate([np.full(len(d["scores"]), i) for i, d in enumerate(devkit)]),
+        **{key: np.concatenate([d[key] for d in devkit]) for key in ("labels", "scores", "boxes")},
+    }
+    np.testing.assert_allclose(rows(direct), rows(devkit_flat), rtol=1e-12)
 
 
 def _results_dir(tmp_path, lines_by_class):
@@ -236,3 +296,27 @@ def test_test_script_writes_results_and_rescores_them(tiny_shapes_root, tmp_path
     folded_map = json.loads((folded / "metrics.json").read_text())["mAP"]
     assert folded_map == pytest.approx(metrics["mAP"], abs=1e-3)
     assert "mAP" in capsys.readouterr().out
+
+
+def test_coco_metric_during_training_equals_test_script(tiny_shapes_root, tmp_path):
+    """eval.metric=coco on VOC-format data: training's evaluation and test.py score the
+    same checkpoint through the same Evaluator (ground truth built from the records)."""
+    output = tmp_path / "run"
+    overrides = [*tiny_train_overrides(tiny_shapes_root, output), "eval.metric=coco"]
+    config = str(REPO_ROOT / "configs" / "quickstart_shapes.yaml")
+    assert train.main(train.parse_args(["--config", config, *overrides])) == 0
+    trained = json.loads((output / "results.json").read_text())
+    assert trained["metric"] == "coco"
+    assert set(trained["ap_per_class"]) == {"ellipse", "rectangle", "triangle", "star", "cross"}
+    evals = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+    assert len([record for record in evals if record["kind"] == "eval"]) == 3
+
+    results = tmp_path / "eval"
+    arguments = ["--checkpoint", str(output / "last.pt"), "--results-dir", str(results)]
+    assert test_script.main(test_script.parse_args([*arguments, "--no-plots"])) == 0
+    metrics = json.loads((results / "metrics.json").read_text())
+    assert metrics["metric"] == "coco" and set(COCO_STAT_NAMES) <= set(metrics)
+    assert metrics["mAP"] == trained["mAP"]
+    assert metrics["AP50"] > 0  # detections do land on objects: the equality means something
+    entries = json.loads((results / "detections_coco.json").read_text())
+    assert {entry["image_id"] for entry in entries} <= set(range(6))

@@ -1,10 +1,9 @@
 import pytest
 import torch
 
-from layers.postprocess import postprocess
-from models.build import build_model
-from models.export import DecodedDetector, export_onnx, onnxruntime_outputs
+from models.build import build_model, build_postprocessor
 from tests.conftest import TINY_MODEL, randomise_batchnorm
+from tools.export import DecodedDetector, export_onnx, onnxruntime_outputs
 from utils.config import load_config
 
 pytest.importorskip("onnxruntime")
@@ -46,7 +45,28 @@ def test_decoded_export_feeds_the_same_detections(tiny_model, tmp_path):
     torch.testing.assert_close(scores, expected_scores, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(scores.sum(-1), torch.ones(2, scores.shape[1]))
     # The boxes are exactly what post-processing keeps before NMS.
-    detections = postprocess(loc, conf, model.priors_cxcywh, variances=config.priors.variances)
+    detections = build_postprocessor(config, model.priors_cxcywh)(loc, conf)
     for image, detection in enumerate(detections):
         for box in detection["boxes"][:5]:
             assert (boxes[image] - box).abs().sum(-1).min() < 1e-5
+
+
+def test_export_command_writes_and_checks_the_model(tmp_path, capsys):
+    import tools.export
+
+    out = tmp_path / "cli.onnx"
+    arguments = ["--out", str(out), "--decode", "--fold-bn", "--check", *TINY_MODEL]
+    assert tools.export.main(tools.export.parse_args(arguments)) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {out}" in printed and out.stat().st_size > 0
+    differences = [
+        float(line.split("=")[-1]) for line in printed.splitlines() if "max |onnxruntime" in line
+    ]
+    assert len(differences) == 2 and max(differences) < 1e-3
+    # The exported graph is the decoded detector: softmax scores sum to 1 per prior.
+    config = load_config(None, TINY_MODEL)
+    images = torch.rand(1, 3, 96, 96, generator=torch.Generator().manual_seed(2)) * 255
+    boxes, scores = onnxruntime_outputs(out, images)
+    num_priors = build_model(config).priors_cxcywh.shape[0]
+    assert boxes.shape == (1, num_priors, 4) and scores.shape == (1, num_priors, 6)
+    torch.testing.assert_close(scores.sum(-1), torch.ones(1, num_priors))

@@ -7,10 +7,11 @@ import torch
 
 import benchmark
 from data.transforms import EvalTransform
+from engine.inference import InferencePipeline, SpeedOptions
 from models.build import build_model, build_postprocessor
 from tests.conftest import TINY_MODEL, randomise_batchnorm
 from utils.config import load_config
-from utils.inference import InferencePipeline, SpeedOptions
+from utils.device import DeviceError, choose_device
 
 CPU = torch.device("cpu")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -84,10 +85,20 @@ def test_compiled_network_gives_the_same_outputs():
 
 
 def test_cuda_only_paths_are_refused_on_the_cpu():
-    with pytest.raises(ValueError, match="needs CUDA"):
+    with pytest.raises(DeviceError, match="amp=bf16 needs CUDA; the device is cpu"):
         tiny_pipeline(SpeedOptions(autocast="bf16"))
-    with pytest.raises(ValueError, match="CUDA graphs"):
+    with pytest.raises(DeviceError, match="CUDA graphs"):
         tiny_pipeline(SpeedOptions(cuda_graphs=True))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without CUDA")
+def test_one_device_choice_for_every_script():
+    assert choose_device("auto") == torch.device("cpu")
+    assert choose_device("cpu") == torch.device("cpu")
+    with pytest.raises(DeviceError, match=r"^--device=cuda but no CUDA device is available$"):
+        choose_device("cuda", origin="--device")
+    with pytest.raises(DeviceError, match=r"train\.device=tpu: expected one of auto, cpu, cuda"):
+        choose_device("tpu", origin="train.device")
 
 
 @needs_cuda
@@ -146,7 +157,7 @@ def test_benchmark_script_against_torchvision(tmp_path, capsys):
 def test_torchvision_peer_gets_our_speed_paths_and_class_count(compile_network):
     arguments = ["--compare", "torchvision", "--channels-last", "--inference-mode",
                  "--fold-bn", *(["--compile"] if compile_network else []), *TINY_MODEL]  # fmt: skip
-    runners, config = benchmark.build_runners(benchmark.parse_args(arguments), CPU)
+    runners, config, _ = benchmark.build_runners(benchmark.parse_args(arguments), CPU)
     ours, theirs = runners
     assert theirs.options == dataclasses.replace(ours.options, fold_bn=False)
     assert theirs.num_classes == config.model.num_classes
@@ -159,3 +170,27 @@ def test_torchvision_peer_gets_our_speed_paths_and_class_count(compile_network):
     assert isinstance(theirs.runner.callable, torch._dynamo.eval_frame.OptimizedModule) == (
         compile_network
     )
+
+
+def test_measure_takes_medians_per_part_and_of_each_calls_total():
+    calls = []
+
+    class FakeRunner(benchmark.Runner):
+        def __init__(self, name, samples):
+            self.name, self.samples = name, iter(samples)
+
+        def __call__(self, images):
+            calls.append(self.name)
+            return next(self.samples)
+
+    first = FakeRunner("a", [dict(zip(benchmark.PARTS, values, strict=True))
+                             for values in [(1, 10, 0), (3, 1, 0), (2, 2, 9)]])  # fmt: skip
+    second = FakeRunner("b", [dict(zip(benchmark.PARTS, (1, 1, 1), strict=True))] * 3)
+    results = benchmark.measure([first, second], [], warmup=0, repeats=3)
+    # Each round starts one runner later: a b, b a, a b.
+    assert calls == ["a", "b", "b", "a", "a", "b"]
+    # Medians in ms per part; the total is the median of each call's sum (11, 4, 13),
+    # not the sum of the part medians (2 + 2 + 0).
+    assert results["a"] == {"preprocess_ms": 2000.0, "forward_ms": 2000.0, "post_ms": 0.0,
+                            "total_ms": 11000.0}  # fmt: skip
+    assert results["b"]["total_ms"] == 3000.0

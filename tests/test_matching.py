@@ -41,7 +41,7 @@ def test_iou_exactly_at_threshold_is_positive():
 
 def test_images_without_objects_and_mixed_batches():
     empty_boxes, empty_labels = torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64)
-    matched_boxes, labels = match_priors([empty_boxes], [empty_labels], QUADRANTS)
+    matched_boxes, labels = match_priors([empty_boxes], [empty_labels], QUADRANTS, 0.5)
     assert matched_boxes.shape == (1, 4, 4) and labels.tolist() == [[0, 0, 0, 0]]
 
     boxes = torch.tensor([[0.5, 0.5, 1.0, 1.0]])
@@ -49,6 +49,7 @@ def test_images_without_objects_and_mixed_batches():
         [empty_boxes, boxes, empty_boxes],
         [empty_labels, torch.tensor([4]), empty_labels],
         QUADRANTS,
+        0.5,
     )
     assert labels.tolist() == [[0, 0, 0, 0], [0, 0, 0, 4], [0, 0, 0, 0]]
     assert matched_boxes[0].abs().sum() == 0 and matched_boxes[2].abs().sum() == 0
@@ -66,10 +67,10 @@ def test_batch_matches_each_image_alone():
         )
         images.append((boxes, torch.randint(1, 5, (count,), generator=generator)))
     batch_boxes, batch_labels = match_priors(
-        [boxes for boxes, _ in images], [labels for _, labels in images], priors
+        [boxes for boxes, _ in images], [labels for _, labels in images], priors, 0.5
     )
     for index, (boxes, labels) in enumerate(images):
-        alone_boxes, alone_labels = match_priors([boxes], [labels], priors)
+        alone_boxes, alone_labels = match_priors([boxes], [labels], priors, 0.5)
         assert torch.equal(batch_labels[index], alone_labels[0])
         assert torch.equal(batch_boxes[index], alone_boxes[0])
     # Every object owns at least one prior.

@@ -5,7 +5,7 @@ import torch
 
 from layers.box_coding import xyxy_to_cxcywh
 from layers.multibox_loss import MultiBoxLoss, hard_negative_mask
-from tests.conftest import random_priors
+from tests.conftest import loss_settings, random_priors
 from tests.test_matching import QUADRANTS
 
 PRIORS_CXCYWH = xyxy_to_cxcywh(QUADRANTS)
@@ -24,7 +24,7 @@ CE_NEGATIVE = [math.log(2 + math.e**2), math.log(2 + math.e), math.log(math.e + 
 
 
 def _loss(**kwargs):
-    return MultiBoxLoss(priors_cxcywh=PRIORS_CXCYWH, **kwargs)
+    return MultiBoxLoss(priors_cxcywh=PRIORS_CXCYWH, **loss_settings(**kwargs))
 
 
 def _one_object():
@@ -95,7 +95,7 @@ def test_image_without_objects_contributes_only_through_min_negatives():
 def test_batch_loss_is_sum_of_image_losses():
     generator = torch.Generator().manual_seed(0)
     priors = random_priors(64, generator)
-    loss_fn = MultiBoxLoss(priors_cxcywh=priors)
+    loss_fn = MultiBoxLoss(priors_cxcywh=priors, **loss_settings())
     boxes = [
         torch.tensor([[0.1, 0.1, 0.4, 0.5]]),
         torch.tensor([[0.2, 0.3, 0.9, 0.8], [0.0, 0.0, 0.3, 0.3]]),
@@ -121,7 +121,7 @@ def test_hard_negative_mask_counts_and_never_takes_positives():
     positive = torch.tensor(
         [[True, False, False, False, False, False], [True, True, False, False, False, False]]
     )
-    mask = hard_negative_mask(background_loss, positive, neg_pos_ratio=3)
+    mask = hard_negative_mask(background_loss, positive, neg_pos_ratio=3, min_negatives=0)
     # Image 0: three hardest negatives; image 1: 6 wanted, 4 available, ties in prior order.
     assert mask.tolist() == [
         [False, True, True, True, False, False],

@@ -5,15 +5,21 @@ import pytest
 import torch
 from torchvision.ops import batched_nms, nms
 
+from layers import postprocess as postprocess_module
 from layers.box_coding import decode, xyxy_to_cxcywh
-from layers.postprocess import PostProcessor, nms_keep_mask, postprocess
-from tests.conftest import random_priors
+from layers.postprocess import PostProcessor, nms_keep_mask
+from tests.conftest import postprocess_settings, random_priors
 
 # Priors 0 and 1 overlap at IoU 0.9; prior 2 lies apart.
 PRIORS_XYXY = torch.tensor([[0.1, 0.1, 0.5, 0.5], [0.12, 0.1, 0.52, 0.5], [0.6, 0.6, 0.9, 0.9]])
 PRIORS = xyxy_to_cxcywh(PRIORS_XYXY)
 # Logits for (background, class 1, class 2).
 LOGITS = torch.tensor([[0.0, 5.0, -5.0], [0.0, 4.0, 4.0], [5.0, -5.0, 0.0]])
+
+
+def postprocess(loc, logits, priors, **overrides):
+    """The layer with the config's defaults for what a test does not set."""
+    return postprocess_module.postprocess(loc, logits, priors, **postprocess_settings(**overrides))
 
 
 def _softmax(row, index):
@@ -82,7 +88,7 @@ def reference_detections(loc, logits, priors, *, threshold, topk, iou, cap):
     top-k, NMS; then the image's best ``cap``. Written independently of the module."""
     results = []
     for image in range(loc.shape[0]):
-        boxes = decode(loc[image], priors).clamp(0, 1)
+        boxes = decode(loc[image], priors, postprocess_settings()["variances"]).clamp(0, 1)
         scores = torch.softmax(logits[image], dim=-1)
         found = []
         for label in range(1, logits.shape[2]):
@@ -159,7 +165,7 @@ def test_heavy_suppression_widens_the_search():
 
 
 def test_module_binds_priors_and_settings():
-    module = PostProcessor(priors_cxcywh=PRIORS, max_detections=1)
+    module = PostProcessor(priors_cxcywh=PRIORS, **postprocess_settings(max_detections=1))
     [detections] = module(torch.zeros(1, 3, 4), LOGITS[None])
     assert detections["labels"].tolist() == [1]
     assert "priors_cxcywh" not in module.state_dict()

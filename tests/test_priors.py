@@ -67,17 +67,23 @@ def test_hand_computed_priors_and_order():
 
 def test_configured_step_moves_centres_off_the_grid():
     # SSD300's last-but-one map: 3x3 cells with step 100 -> centres at 1/6, 1/2, 5/6.
-    generator = PriorGenerator(min_sizes=[213], max_sizes=None, aspect_ratios=[[]], steps=[100])
+    generator = PriorGenerator(
+        min_sizes=[213], max_sizes=None, aspect_ratios=[[]], steps=[100], clip=True
+    )
     centres_x = generator(300, [3])[:3, 0]
     torch.testing.assert_close(centres_x, torch.tensor([1 / 6, 0.5, 5 / 6]))
     # Without steps the centres sit on the cell grid of the map itself.
-    generator = PriorGenerator(min_sizes=[10], max_sizes=None, aspect_ratios=[[]])
+    generator = PriorGenerator(
+        min_sizes=[10], max_sizes=None, aspect_ratios=[[]], steps=None, clip=True
+    )
     centres_x = generator(300, [4])[:4, 0]
     torch.testing.assert_close(centres_x, torch.tensor([0.125, 0.375, 0.625, 0.875]))
 
 
 def test_non_square_image_keeps_square_priors_in_pixels():
-    generator = PriorGenerator(min_sizes=[50], max_sizes=None, aspect_ratios=[[]])
+    generator = PriorGenerator(
+        min_sizes=[50], max_sizes=None, aspect_ratios=[[]], steps=None, clip=True
+    )
     priors = generator((100, 200), [(2, 4)])
     assert priors.shape == (8, 4)
     # A 50-pixel square is 0.25 of the width and 0.5 of the height.
@@ -86,20 +92,26 @@ def test_non_square_image_keeps_square_priors_in_pixels():
 
 
 def test_clip_bounds_every_component():
-    generator = PriorGenerator(min_sizes=[300], max_sizes=[400], aspect_ratios=[[3]], clip=True)
+    generator = PriorGenerator(
+        min_sizes=[300], max_sizes=[400], aspect_ratios=[[3]], clip=True, steps=None
+    )
     clipped = generator(300, [1])
     assert clipped.max().item() == 1.0 and clipped.min().item() >= 0.0
-    unclipped = PriorGenerator(min_sizes=[300], max_sizes=[400], aspect_ratios=[[3]], clip=False)(
-        300, [1]
-    )
+    unclipped = PriorGenerator(
+        min_sizes=[300], max_sizes=[400], aspect_ratios=[[3]], clip=False, steps=None
+    )(300, [1])
     assert unclipped[1, 2].item() == pytest.approx(math.sqrt(400 / 300))
 
 
 def test_settings_are_validated():
     with pytest.raises(ValueError, match="max_sizes has 1 entries but min_sizes has 2"):
-        PriorGenerator(min_sizes=[10, 20], max_sizes=[30], aspect_ratios=[[2], [2]])
+        PriorGenerator(
+            min_sizes=[10, 20], max_sizes=[30], aspect_ratios=[[2], [2]], steps=None, clip=True
+        )
     with pytest.raises(ValueError, match="smaller than min_size"):
-        PriorGenerator(min_sizes=[30], max_sizes=[10], aspect_ratios=[[2]])
-    generator = PriorGenerator(min_sizes=[10], max_sizes=None, aspect_ratios=[[2]])
+        PriorGenerator(min_sizes=[30], max_sizes=[10], aspect_ratios=[[2]], steps=None, clip=True)
+    generator = PriorGenerator(
+        min_sizes=[10], max_sizes=None, aspect_ratios=[[2]], steps=None, clip=True
+    )
     with pytest.raises(ValueError, match="got 2 feature maps"):
         generator(100, [10, 5])

@@ -6,21 +6,22 @@ import prune as prune_script
 import test as test_script
 import train
 from layers.blocks import ConvBNReLU
-from models.build import build_model, count_parameters
+from models.build import build_model, count_flops, count_parameters
 from models.pruning import (
     ChannelGroup,
     PruningError,
     Reader,
     apply_channel_widths,
     channel_groups,
+    global_threshold,
     prunable_norm_names,
     prune_channels,
     select_channels,
     zero_pruned_channels,
 )
 from tests.conftest import REPO_ROOT, TINY_MODEL, randomise_batchnorm, tiny_train_overrides
-from utils.checkpoint import load_checkpoint, save_checkpoint
-from utils.config import config_to_dict, load_config
+from utils.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
+from utils.config import load_config
 
 ARCHITECTURES = [
     (None, TINY_MODEL, 96),
@@ -239,19 +240,37 @@ def test_prune_then_evaluate_and_fine_tune(tiny_shapes_root, tmp_path, capsys):
     randomise_batchnorm(model)
     source = tmp_path / "trained.pt"
     save_checkpoint(
-        {"config": config_to_dict(config), "class_names": ["a"], "model": model.state_dict()},
-        source,
+        make_checkpoint(config=config, model_state=model.state_dict(), class_names=["a"]), source
     )
     pruned = tmp_path / "pruned.pt"
     arguments = ["--checkpoint", str(source), "--ratio", "0.5", "--out", str(pruned)]
     arguments += ["--benchmark", "--repeats", "2"]
     assert prune_script.main(prune_script.parse_args(arguments)) == 0
     printed = capsys.readouterr().out
-    assert "params" in printed and "GFLOPs" in printed and "pruned+folded" in printed
     checkpoint = load_checkpoint(pruned)
     widths = checkpoint["channel_widths"]
     assert checkpoint["class_names"] == ["a"] and checkpoint["pruning"]["ratio"] == 0.5
-    assert sum(widths.values()) < sum(group.width for group in channel_groups(model))
+    groups = channel_groups(model)
+    total = sum(group.width for group in groups)
+    # The printed summary is the pruned model's: channels, threshold, params, GFLOPs.
+    _, threshold = global_threshold(torch.cat([group.scores() for group in groups]), 0.5)
+    assert checkpoint["pruning"]["threshold"] == threshold > 0
+    kept = sum(widths.values())
+    assert kept < total
+    assert (
+        f"pruned {total - kept} of {total} channels ({(total - kept) / total:.1%}) in "
+        f"{len(groups)} layers; global |gamma| threshold {threshold:.4g}"
+    ) in printed
+    rows = {line.split()[0]: line.split()[1:] for line in printed.splitlines() if line.strip()}
+    rebuilt = build_model(config, load_weights=False, channel_widths=widths)
+    assert int(rows["params"][0].replace(",", "")) == count_parameters(model)
+    assert int(rows["params"][1].replace(",", "")) == count_parameters(rebuilt)
+    assert float(rows["GFLOPs"][1]) == pytest.approx(count_flops(rebuilt, 96) / 1e9, abs=5e-4)
+    # Latency rows: forward ms, its speed-up over the unpruned model, end-to-end ms, speed-up.
+    unpruned = float(rows["unpruned"][0])
+    for name in ("pruned", "pruned+folded"):
+        forward, speedup = float(rows[name][0]), float(rows[name][1].rstrip("x"))
+        assert forward > 0 and speedup == pytest.approx(unpruned / forward, abs=0.006)
     shapes = {key: value.shape for key, value in checkpoint["model"].items()}
 
     evaluation = ["--checkpoint", str(pruned), "--no-plots", "--results-dir", str(tmp_path)]

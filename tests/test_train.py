@@ -9,13 +9,30 @@ import time
 import pytest
 import torch
 
+import engine.trainer
 import train
 from data.sources import DataError
-from models.build import build_model, count_flops
-from tests.conftest import REPO_ROOT, tiny_train_overrides
-from utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from utils.config import load_config
-from utils.engine import add_bn_sparsity_gradient, mixup_batch
+from engine.training import (
+    EpochOptions,
+    StopRequest,
+    TrainingParts,
+    TrainState,
+    add_bn_sparsity_gradient,
+    mixup_batch,
+    train_one_epoch,
+)
+from models.build import build_loss, build_model, count_flops
+from tests.conftest import REPO_ROOT, TINY_MODEL, tiny_train_overrides
+from utils.checkpoint import (
+    FORMAT_VERSION,
+    CheckpointError,
+    load_checkpoint,
+    make_checkpoint,
+    save_checkpoint,
+)
+from utils.config import config_from_dict, load_config
+from utils.distributed import DistributedContext
+from utils.log import MetricsWriter
 from utils.optim import LRSchedule
 
 
@@ -119,7 +136,7 @@ def test_resume_continues_exactly(tiny_shapes_root, tmp_path):
 def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(
     tiny_shapes_root, tmp_path, monkeypatch, caplog
 ):
-    original = train.build_loss
+    original = engine.trainer.build_loss
 
     def poisoned_loss(config, priors):
         loss_fn = original(config, priors)
@@ -136,7 +153,7 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(
         loss_fn.forward = forward_with_nan
         return loss_fn
 
-    monkeypatch.setattr(train, "build_loss", poisoned_loss)
+    monkeypatch.setattr(engine.trainer, "build_loss", poisoned_loss)
     output = tmp_path / "run"
     code = run_train("--config", str(REPO_ROOT / "configs" / "quickstart_shapes.yaml"),
                      *tiny_train_overrides(tiny_shapes_root, output))  # fmt: skip
@@ -291,3 +308,99 @@ def test_resume_can_extend_the_schedule(tiny_shapes_root, tmp_path):
     expected = 0.01 * 0.5 * (1 + math.cos(math.pi * 4 / 6))
     assert records[4]["lr"] == pytest.approx(expected)
     assert load_checkpoint(output / "last.pt")["iteration"] == 6
+
+
+def one_step(model, *, options, scaler=None, lr=1.0):
+    """One iteration of train_one_epoch on a fixed batch with plain SGD at ``lr``;
+    returns the parameters before it and the epoch's result."""
+    config = load_config(None, TINY_MODEL)
+    generator = torch.Generator().manual_seed(0)
+    batch = {
+        "images": torch.rand(2, 3, 96, 96, generator=generator) * 255,
+        "boxes": [torch.tensor([[0.1, 0.2, 0.5, 0.7]]), torch.tensor([[0.3, 0.3, 0.9, 0.8]])],
+        "labels": [torch.tensor([1]), torch.tensor([3])],
+    }
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    parts = TrainingParts(
+        model=model,
+        loss_fn=build_loss(config, model.priors_cxcywh),
+        optimizer=optimizer,
+        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0),
+        scaler=scaler or torch.amp.GradScaler("cpu", enabled=False),
+        device=torch.device("cpu"),
+    )
+    before = [parameter.detach().clone() for parameter in model.parameters()]
+    result = train_one_epoch(
+        parts,
+        [batch],
+        epoch=0,
+        state=TrainState(),
+        context=DistributedContext(),
+        writer=MetricsWriter("unused", enabled=False),
+        stop=StopRequest(),
+        options=options,
+    )
+    return before, result
+
+
+def update_norm(model, before):
+    steps = [(p.detach() - b).flatten() for p, b in zip(model.parameters(), before, strict=True)]
+    return float(torch.cat(steps).norm())
+
+
+def test_gradient_clipping_bounds_the_update():
+    torch.manual_seed(0)
+    model = build_model(load_config(None, TINY_MODEL), load_weights=False)
+    # With plain SGD at lr 1 the update is the gradient: clipped, its norm is the bound.
+    before, result = one_step(model, options=EpochOptions(grad_clip_norm=1e-3))
+    assert result.stop_reason is None and result.images == 2
+    assert update_norm(model, before) == pytest.approx(1e-3, rel=1e-4)
+    torch.manual_seed(0)
+    unclipped = build_model(load_config(None, TINY_MODEL), load_weights=False)
+    before, _ = one_step(unclipped, options=EpochOptions())
+    assert update_norm(unclipped, before) > 10 * 1e-3
+
+
+@pytest.mark.filterwarnings(r"ignore:Detected call of `lr_scheduler.step\(\)` before")
+def test_fp16_grad_scaler_skips_overflowing_steps_and_backs_off():
+    try:
+        with torch.autocast("cpu", dtype=torch.float16):
+            torch.ones(2, 2) @ torch.ones(2, 2)
+    except RuntimeError as error:
+        pytest.skip(f"this CPU build has no float16 autocast: {error}")
+    options = EpochOptions(autocast_dtype=torch.float16)
+    torch.manual_seed(0)
+    model = build_model(load_config(None, TINY_MODEL), load_weights=False)
+    # A scale of 2^60 overflows float16 gradients: the step is skipped, the scale halved.
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**60)
+    before, result = one_step(model, options=options, scaler=scaler)
+    assert result.stop_reason is None
+    assert scaler.get_scale() == 2.0**59
+    assert update_norm(model, before) == 0.0
+    # A small scale gives finite gradients: the step is taken and the scale kept.
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**4)
+    before, _ = one_step(model, options=options, scaler=scaler, lr=0.01)
+    assert scaler.get_scale() == 2.0**4
+    assert update_norm(model, before) > 0.0
+    assert all(torch.isfinite(parameter).all() for parameter in model.parameters())
+
+
+def test_checkpoints_carry_their_format_version(tmp_path):
+    config = load_config(None, TINY_MODEL)
+    state = make_checkpoint(config=config, model_state={"w": torch.ones(2)}, class_names=["a"])
+    assert state["format_version"] == FORMAT_VERSION == 1
+    assert state["channel_widths"] == {} and state["class_names"] == ["a"]
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(state, path)
+    loaded = load_checkpoint(path)
+    assert config_from_dict(loaded["config"]) == config and torch.equal(
+        loaded["model"]["w"], torch.ones(2)
+    )
+    # Files from before the version field have version 1's layout and still load.
+    save_checkpoint({key: value for key, value in state.items() if key != "format_version"}, path)
+    assert load_checkpoint(path)["class_names"] == ["a"]
+    save_checkpoint({**state, "format_version": FORMAT_VERSION + 1}, path)
+    with pytest.raises(
+        CheckpointError, match=r"checkpoint format 2 is newer than this code reads \(1\)"
+    ):
+        load_checkpoint(path)

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from utils.cli import run_command
 from utils.metrics import average_precision, evaluate_voc
 
 NUM_CLASSES = 20
@@ -349,4 +350,4 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run_command(main, parse_args)

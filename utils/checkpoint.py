@@ -1,9 +1,15 @@
-"""Checkpoints: written atomically, read with ``weights_only=True``.
+"""Checkpoints: the one module that writes and reads them; written atomically, read with
+``weights_only=True``.
 
-A checkpoint holds everything to rebuild and resume: the resolved config (which records
-the architecture, widths and pixel format), the channel widths of a pruned model, class
-names, model, optimizer, scheduler, scaler, the global iteration, the best metric and
-the random states.
+Every checkpoint (:func:`make_checkpoint`) holds ``format_version``, the resolved
+config (which records the architecture, widths and pixel format), the class names, the
+channel widths of a pruned model and the model's weights. A training checkpoint adds the
+optimizer, scheduler and scaler states, the global iteration, the best metric and the
+random states; a pruned one adds how it was pruned.
+
+torch is imported where a checkpoint is read or written: resolving a config
+(:func:`config_and_checkpoint` without a checkpoint) stays torch-free for
+``test.py --eval-only``.
 """
 
 from __future__ import annotations
@@ -11,22 +17,57 @@ from __future__ import annotations
 import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from utils.config import Config, ConfigError, apply_override, config_from_dict, load_config
+from utils.config import (
+    Config,
+    ConfigError,
+    apply_override,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+)
 from utils.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+
+# Raise when the layout changes in a way older code cannot read; files without the key
+# were written before it existed, in the layout of version 1.
+FORMAT_VERSION = 1
 
 
 class CheckpointError(UserError, RuntimeError):
     """A checkpoint that cannot be read; the message names the file."""
 
 
+def make_checkpoint(
+    *,
+    config: Config,
+    model_state: dict[str, torch.Tensor],
+    class_names: list[str],
+    channel_widths: dict[str, int] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A checkpoint's contents: the fields every checkpoint has, plus ``extra`` (the
+    training state, or how a model was pruned)."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "config": config_to_dict(config),
+        "class_names": list(class_names),
+        "channel_widths": dict(channel_widths or {}),
+        "model": model_state,
+        **extra,
+    }
+
+
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     """Write ``state`` to ``path`` through a temporary file and a rename, so a crash or
     a full disk never leaves a truncated checkpoint behind."""
+    import torch
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -46,6 +87,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     Raises:
         CheckpointError: missing, truncated or not a checkpoint of this project.
     """
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
@@ -55,6 +98,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not a readable checkpoint ({error})") from error
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise CheckpointError(f"{path}: not a checkpoint of this project (no model/config)")
+    version = state.get("format_version", 1)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format {version} is newer than this code reads "
+            f"({FORMAT_VERSION}); update the code"
+        )
     return state
 
 
@@ -100,6 +149,8 @@ def channel_widths(checkpoint: dict[str, Any] | None) -> dict[str, int]:
 
 def capture_rng_state() -> dict[str, Any]:
     """Python, NumPy, torch (and CUDA) generator states in checkpoint-safe types."""
+    import torch
+
     numpy_state = np.random.get_state()
     state = {
         "python": list(random.getstate()[1]),
@@ -116,6 +167,8 @@ def capture_rng_state() -> dict[str, Any]:
 
 
 def restore_rng_state(state: dict[str, Any]) -> None:
+    import torch
+
     random.setstate((state["python_version"], tuple(state["python"]), None))
     np.random.set_state(
         (

@@ -13,7 +13,6 @@ and values of the wrong type are rejected with the key and the file (or override
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import difflib
 import types
@@ -274,22 +273,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return config
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``--config FILE`` flag and trailing ``section.key=value`` overrides of a script."""
-    parser.add_argument(
-        "--config",
-        type=Path,
-        default=None,
-        help="experiment YAML holding what differs from the defaults (default: none)",
-    )
-    parser.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="section.key=value",
-        help="config overrides applied after the file, e.g. postprocess.score_threshold=0.05",
-    )
-
-
 def config_from_dict(values: dict[str, Any], source: str = "checkpoint") -> Config:
     """A config rebuilt from :func:`config_to_dict` output (e.g. stored in a checkpoint)."""
     return merge_dict(Config(), values, source=source)
@@ -476,19 +459,6 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Print the resolved config of an experiment (defaults, file, overrides)."
-    )
-    add_config_arguments(parser)
-    # Overrides may come before or after the options.
-    return parser.parse_intermixed_args(argv)
-
-
-def main(args: argparse.Namespace) -> None:
-    print(config_to_yaml(load_config(args.config, args.overrides)), end="")
-
-
 __all__ = [
     "AugmentConfig",
     "Config",
@@ -501,7 +471,6 @@ __all__ = [
     "PriorConfig",
     "SolverConfig",
     "TrainConfig",
-    "add_config_arguments",
     "apply_override",
     "config_from_dict",
     "config_to_dict",
@@ -510,10 +479,3 @@ __all__ = [
     "merge_dict",
     "save_config",
 ]
-
-
-if __name__ == "__main__":
-    try:
-        main(parse_args())
-    except ConfigError as error:
-        raise SystemExit(f"error: {error}") from None

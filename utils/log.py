@@ -1,4 +1,5 @@
-"""Logging set-up and the metrics writer (TensorBoard + JSON lines), rank 0 only."""
+"""Logging set-up, progress bars and the metrics writer (TensorBoard + JSON lines,
+rank 0 only)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,15 @@ def setup_logging(is_main: bool, level: int = logging.INFO) -> None:
         )
         root.addHandler(handler)
     root.setLevel(level if is_main else logging.WARNING)
+
+
+def progress_bar(iterable: Any, **kwargs: Any) -> Any:
+    """tqdm that redraws at most every 30 s when stderr is not a terminal (log files)."""
+    from tqdm import tqdm
+
+    if not sys.stderr.isatty():
+        kwargs.setdefault("mininterval", 30.0)
+    return tqdm(iterable, dynamic_ncols=True, leave=False, **kwargs)
 
 
 class MetricsWriter:

@@ -10,10 +10,12 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     import torch
+
+T = TypeVar("T")
 
 
 def synchronize(device: torch.device) -> None:
@@ -59,17 +61,13 @@ class StageTimer:
         return "\n".join(lines)
 
 
-def time_interleaved(
-    functions: Mapping[str, Callable[[], Any]],
-    *,
-    device: torch.device,
-    warmup: int = 3,
-    repeats: int = 20,
-) -> dict[str, list[float]]:
-    """Seconds per call of each function, ``repeats`` times each.
+def run_interleaved(
+    functions: Mapping[str, Callable[[], T]], *, warmup: int = 3, repeats: int = 20
+) -> dict[str, list[T]]:
+    """What each function returns, ``repeats`` times each.
 
     Every function runs ``warmup`` times first (allocations, kernel selection, lazy
-    initialisation). The timed calls go round-robin, one call of each function per
+    initialisation). The counted calls go round-robin, one call of each function per
     round, so a slow phase of a noisy machine hits all of them alike; each round starts
     one function later than the previous, because a call runs slower right after
     another that evicted its weights from the caches.
@@ -79,18 +77,37 @@ def time_interleaved(
     for function in functions.values():
         for _ in range(warmup):
             function()
-    synchronize(device)
-    times: dict[str, list[float]] = {name: [] for name in functions}
+    results: dict[str, list[T]] = {name: [] for name in functions}
     names = list(functions)
     for round_index in range(repeats):
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
-            function = functions[name]
+            results[name].append(functions[name]())
+    return results
+
+
+def time_interleaved(
+    functions: Mapping[str, Callable[[], Any]],
+    *,
+    device: torch.device,
+    warmup: int = 3,
+    repeats: int = 20,
+) -> dict[str, list[float]]:
+    """Seconds per call of each function (device-synchronised), ``repeats`` times each,
+    measured by :func:`run_interleaved`."""
+
+    def timed(function: Callable[[], Any]) -> Callable[[], float]:
+        def call() -> float:
+            synchronize(device)
             start = time.perf_counter()
             function()
             synchronize(device)
-            times[name].append(time.perf_counter() - start)
-    return times
+            return time.perf_counter() - start
+
+        return call
+
+    timed_functions = {name: timed(function) for name, function in functions.items()}
+    return run_interleaved(timed_functions, warmup=warmup, repeats=repeats)
 
 
 def median_ms(seconds: list[float]) -> float:

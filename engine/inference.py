@@ -13,29 +13,37 @@ Each path is off by default and tested for equal outputs (``tests/test_inference
 
 Post-processing (``layers/postprocess.py``) works on the whole batch at once, with no
 loop over images or classes on GPUs and a few host synchronisations per batch.
+
+:class:`InferencePipeline` is the one path from images to detections in pixels: test.py
+and training-time evaluation (through :func:`predict`), demo.py, benchmark.py and
+prune.py's timing all run it.
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import logging
+import time
 from collections.abc import Sequence
-from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from contextlib import AbstractContextManager
 from typing import Literal
 
 import cv2
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
 from models.folding import fold_batchnorm
+from utils.device import DeviceError, autocast_context, autocast_dtype
+from utils.log import progress_bar
+from utils.timing import synchronize
 
 logger = logging.getLogger(__name__)
 
-AUTOCAST_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
-
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class SpeedOptions:
     """Which speed paths to use (see the module docstring)."""
 
@@ -45,6 +53,17 @@ class SpeedOptions:
     compile: bool = False
     autocast: Literal["none", "bf16", "fp16"] = "none"
     cuda_graphs: bool = False
+
+
+def speed_options(args: argparse.Namespace, **fixed: object) -> SpeedOptions:
+    """The options the speed flags of :func:`utils.cli.add_speed_arguments` select;
+    ``fixed`` sets the others (e.g. ``inference_mode=True``)."""
+    flags = {
+        field.name: getattr(args, field.name)
+        for field in dataclasses.fields(SpeedOptions)
+        if hasattr(args, field.name)
+    }
+    return SpeedOptions(**{**flags, **fixed})
 
 
 def grad_mode(options: SpeedOptions) -> AbstractContextManager:
@@ -66,10 +85,9 @@ class NetworkRunner:
     """
 
     def __init__(self, network: nn.Module, *, device: torch.device, options: SpeedOptions) -> None:
-        if options.autocast != "none" and device.type != "cuda":
-            raise ValueError(f"autocast={options.autocast} needs CUDA; the device is {device}")
+        self.autocast_dtype = autocast_dtype(options.autocast, device)
         if options.cuda_graphs and device.type != "cuda":
-            raise ValueError(f"CUDA graphs need a CUDA device; the device is {device}")
+            raise DeviceError(f"CUDA graphs need a CUDA device; the device is {device}")
         network = network.eval().to(device)
         if options.channels_last:
             network = network.to(memory_format=torch.channels_last)
@@ -77,7 +95,6 @@ class NetworkRunner:
         self.callable: nn.Module = torch.compile(network) if options.compile else network
         self.device = device
         self.options = options
-        self.autocast_dtype = AUTOCAST_DTYPES[options.autocast]
         self._graphs: dict[tuple[int, ...], tuple[torch.cuda.CUDAGraph, Tensor, tuple]] = {}
 
     def __call__(self, batch: Tensor) -> tuple[Tensor, ...]:
@@ -89,12 +106,7 @@ class NetworkRunner:
     def _run(self, batch: Tensor) -> tuple[Tensor, ...]:
         if self.options.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
-        autocast = (
-            torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
-            if self.autocast_dtype is not None
-            else nullcontext()
-        )
-        with autocast:
+        with autocast_context(self.device, self.autocast_dtype):
             outputs = self.callable(batch)
         outputs = outputs if isinstance(outputs, tuple | list) else (outputs,)
         return tuple(output.float() if output.is_floating_point() else output for output in outputs)
@@ -121,11 +133,46 @@ class NetworkRunner:
         return tuple(output.clone() for output in static_output)
 
 
+def prepare_for_inference(model: nn.Module, options: SpeedOptions) -> nn.Module:
+    """``model`` in eval mode with BatchNorm folded into its convs when
+    ``options.fold_bn`` (in place); :class:`NetworkRunner` does the rest (device,
+    memory format, compile)."""
+    model.eval()
+    if options.fold_bn:
+        logger.info("folded %d BatchNorm layers into convs", fold_batchnorm(model))
+    return model
+
+
+def to_pixels(
+    detections: Sequence[dict[str, Tensor]], sizes: Sequence[tuple[int, int]]
+) -> list[dict[str, np.ndarray]]:
+    """Normalised detections (the post-processor's) in each image's own pixels on the
+    host: ``boxes`` ``[D, 4]`` xyxy float32, ``scores`` ``[D]``, ``labels`` ``[D]``
+    (1..C-1); ``sizes`` are ``(height, width)``."""
+    if not detections:
+        return []
+    scale = torch.tensor(
+        [[width, height, width, height] for height, width in sizes],
+        dtype=torch.float32,
+        device=detections[0]["boxes"].device,
+    )  # [B, 4]
+    return [
+        {
+            "boxes": (detection["boxes"] * scale[index]).cpu().numpy(),
+            "scores": detection["scores"].cpu().numpy(),
+            "labels": detection["labels"].cpu().numpy(),
+        }
+        for index, detection in enumerate(detections)
+    ]
+
+
 class InferencePipeline:
-    """Preprocessing, network and post-processing for lists of RGB ``uint8`` images.
+    """Preprocessing, network and post-processing: RGB ``uint8`` images in, detections
+    in pixels out. Every script that runs a detector runs it through this class.
 
     Args:
-        model: the detector (switched to eval mode; folded in place with ``fold_bn``).
+        model: the detector (prepared by :func:`prepare_for_inference`: eval mode,
+            folded in place with ``fold_bn``).
         postprocessor: turns ``(loc, conf)`` into normalised detections.
         image_size: the model's input side.
         device: where the network runs.
@@ -141,17 +188,16 @@ class InferencePipeline:
         device: torch.device,
         options: SpeedOptions = SpeedOptions(),
     ) -> None:
-        model.eval()
-        if options.fold_bn:
-            logger.info("folded %d BatchNorm layers", fold_batchnorm(model))
-        self.runner = NetworkRunner(model, device=device, options=options)
+        self.runner = NetworkRunner(
+            prepare_for_inference(model, options), device=device, options=options
+        )
         self.model = self.runner.module
         self.postprocessor = postprocessor.to(device)
         self.image_size = image_size
         self.device = device
         self.options = options
 
-    def grad_mode(self):
+    def grad_mode(self) -> AbstractContextManager:
         return grad_mode(self.options)
 
     def preprocess(self, images: Sequence[np.ndarray]) -> Tensor:
@@ -169,31 +215,68 @@ class InferencePipeline:
     def forward(self, batch: Tensor) -> tuple[Tensor, Tensor]:
         """``loc`` ``[B, P, 4]`` and ``conf`` ``[B, P, C]`` (float32) for a preprocessed batch.
         Call inside :meth:`grad_mode`."""
-        loc, conf = self.runner(batch)
+        loc, conf = self.runner(batch.to(self.device, non_blocking=True))
         return loc, conf
 
     def postprocess(
         self, loc: Tensor, conf: Tensor, sizes: Sequence[tuple[int, int]]
     ) -> list[dict[str, np.ndarray]]:
-        """Detections per image in its own pixels: ``boxes`` ``[D, 4]`` xyxy float32,
-        ``scores`` ``[D]``, ``labels`` ``[D]`` (1..C-1); ``sizes`` are ``(height, width)``."""
-        detections = self.postprocessor(loc, conf)
-        scale = torch.tensor(
-            [[width, height, width, height] for height, width in sizes],
-            dtype=torch.float32,
-            device=loc.device,
-        )  # [B, 4]
-        return [
-            {
-                "boxes": (detection["boxes"] * scale[index]).cpu().numpy(),
-                "scores": detection["scores"].cpu().numpy(),
-                "labels": detection["labels"].cpu().numpy(),
-            }
-            for index, detection in enumerate(detections)
-        ]
+        """Detections per image in its own pixels (:func:`to_pixels`); ``sizes`` are
+        ``(height, width)``."""
+        return to_pixels(self.postprocessor(loc, conf), sizes)
 
     def __call__(self, images: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
         """Detections for RGB uint8 images (any sizes), end to end."""
         with self.grad_mode():
             loc, conf = self.forward(self.preprocess(images))
             return self.postprocess(loc, conf, [image.shape[:2] for image in images])
+
+
+@dataclasses.dataclass
+class Timing:
+    """Seconds spent in the forward pass and in post-processing, and images seen."""
+
+    forward_seconds: float = 0.0
+    postprocess_seconds: float = 0.0
+    images: int = 0
+
+    def ms_per_image(self) -> dict[str, float]:
+        images = max(self.images, 1)
+        forward = 1000 * self.forward_seconds / images
+        post = 1000 * self.postprocess_seconds / images
+        return {
+            "forward_ms": forward,
+            "postprocess_ms": post,
+            "fps": 1000.0 / (forward + post) if forward + post > 0 else float("nan"),
+        }
+
+
+def predict(
+    pipeline: InferencePipeline, loader: DataLoader, *, show_progress: bool = True
+) -> tuple[list[dict[str, np.ndarray] | None], Timing]:
+    """Detections for every image of the loader's dataset (resized by the dataset's
+    evaluation transform) in its original pixels.
+
+    Returns a list indexed like the dataset (``None`` for images that could not be
+    read), with :func:`to_pixels`'s arrays; and the forward/post-processing timing
+    (CUDA-synchronised).
+    """
+    results: list[dict[str, np.ndarray] | None] = [None] * len(loader.dataset)
+    timing = Timing()
+    device = pipeline.device
+    with pipeline.grad_mode():
+        for batch in progress_bar(loader, desc="predict", disable=not show_progress):
+            if batch["images"].shape[0] == 0:
+                continue
+            synchronize(device)
+            start = time.perf_counter()
+            loc, conf = pipeline.forward(batch["images"])
+            synchronize(device)
+            middle = time.perf_counter()
+            detections = pipeline.postprocess(loc, conf, batch["orig_sizes"])
+            timing.forward_seconds += middle - start
+            timing.postprocess_seconds += time.perf_counter() - middle
+            timing.images += len(detections)
+            for index, detection in zip(batch["indices"], detections, strict=True):
+                results[index] = detection
+    return results, timing

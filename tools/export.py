@@ -1,7 +1,7 @@
 """ONNX export of a detector, optionally with its box decoding and softmax.
 
-    python -m models.export --checkpoint runs/quickstart_shapes/best.pt --out model.onnx
-    python -m models.export --config configs/fssd300_voc.yaml --out fssd300.onnx --decode
+    python -m tools.export --checkpoint runs/quickstart_shapes/best.pt --out model.onnx
+    python -m tools.export --config configs/fssd300_voc.yaml --out fssd300.onnx --decode
 
 The graph takes ``images`` ``[B, 3, S, S]`` float RGB in 0..255 (the batch is dynamic)
 and returns ``loc`` ``[B, P, 4]`` and ``conf`` ``[B, P, C]`` logits, or with ``--decode``
@@ -17,19 +17,17 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from engine.inference import SpeedOptions, prepare_for_inference
+from engine.loading import build_model_to_run
 from layers.box_coding import decode
-from models.build import build_model_to_run
 from models.detector import SingleShotDetector
-from models.folding import fold_batchnorm
-from utils.config import add_config_arguments
-from utils.errors import UserError
+from utils.cli import add_checkpoint_argument, add_config_arguments, run_command
 from utils.log import setup_logging
 
 logger = logging.getLogger(__name__)
@@ -100,7 +98,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         epilog=__doc__,
     )
     add_config_arguments(parser)
-    parser.add_argument("--checkpoint", type=Path, default=None, help="weights to export")
+    add_checkpoint_argument(parser, help="weights to export (default: random weights)")
     parser.add_argument("--out", type=Path, required=True, help="the .onnx file to write")
     parser.add_argument(
         "--decode", action="store_true", help="include box decoding and the class softmax"
@@ -115,9 +113,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(args: argparse.Namespace) -> int:
     setup_logging(is_main=True)
     config, model = build_model_to_run(args.config, args.overrides, args.checkpoint)
-    model.eval()
-    if args.fold_bn:
-        fold_batchnorm(model)
+    prepare_for_inference(model, SpeedOptions(fold_bn=args.fold_bn))
     network: nn.Module = model
     names = ["loc", "conf"]
     if args.decode:
@@ -136,7 +132,4 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main(parse_args()))
-    except (UserError, RuntimeError) as error:
-        sys.exit(f"error: {error}")
+    run_command(main, parse_args, user_errors=(RuntimeError,))

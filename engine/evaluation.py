@@ -1,17 +1,17 @@
-"""Results files and scoring: VOC devkit results (comp4), COCO results JSON, metrics.json,
-per-class precision/recall plots.
+"""Evaluation: the metric dispatch (:class:`Evaluator`), results files (VOC devkit comp4,
+COCO results JSON), metrics.json and the precision/recall figure.
 
-Detections arrive per image in 0-based continuous pixels (what :func:`utils.engine.predict`
-returns). VOC files use the devkit's 1-based inclusive pixels (``x1 + 1, y1 + 1, x2, y2``)
-and are scored with the devkit's ``+1`` rule; the ground truth is converted the same way,
-so scoring the files equals scoring the arrays.
+Detections arrive per image in 0-based continuous pixels (what
+:func:`engine.inference.predict` returns). VOC scoring uses the devkit's 1-based
+inclusive pixels (``x1 + 1, y1 + 1, x2, y2``) and its ``+1`` rule, for files and for
+arrays alike; the files hold every float32 exactly, so scoring the files equals scoring
+the arrays, and training-time evaluation reports what ``test.py`` reports.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import itertools
 import json
 import os
 from collections.abc import Sequence
@@ -23,6 +23,8 @@ import cv2
 import numpy as np
 
 from data.records import AnnotationRecord
+from data.sources import val_annotation_file
+from utils.config import Config, ConfigError
 from utils.metrics import ClassResult, evaluate_voc_arrays
 from utils.visualize import draw_pr_curves
 
@@ -229,18 +231,21 @@ def _raise_first_bad_line(path: Path, data: bytes, index_of: dict[str, int]) -> 
     raise ValueError(f"{path}: lines must be 'image_id score x1 y1 x2 y2' split by ASCII spaces")
 
 
-def read_voc_results(
-    directory: Path, records: Sequence[AnnotationRecord], class_names: Sequence[str]
-) -> list[dict[str, np.ndarray]]:
-    """Per-image detections (devkit pixels) from a results directory; errors as
-    :func:`read_voc_results_arrays`."""
-    flat = read_voc_results_arrays(directory, records, class_names)
-    order = np.argsort(flat["images"], kind="stable")
-    bounds = np.searchsorted(flat["images"][order], np.arange(len(records) + 1))
-    return [
-        {key: flat[key][order[start:end]] for key in ("boxes", "scores", "labels")}
-        for start, end in itertools.pairwise(bounds)
-    ]
+def voc_results_arrays(
+    detections: Sequence[dict[str, np.ndarray] | None],
+) -> dict[str, np.ndarray]:
+    """Per-image detections (0-based pixels; None for an unreadable image) as the flat
+    arrays of :func:`read_voc_results_arrays`, in devkit pixels."""
+    present = [(index, item) for index, item in enumerate(detections) if item is not None]
+    counts = [len(item["scores"]) for _, item in present]
+    return {
+        "images": np.repeat(np.array([index for index, _ in present], np.int64), counts),
+        "scores": np.concatenate([np.zeros(0), *(item["scores"] for _, item in present)]),
+        "boxes": _to_devkit(np.concatenate([np.zeros((0, 4)), *(i["boxes"] for _, i in present)])),
+        "labels": np.concatenate(
+            [np.zeros(0, np.int64), *(item["labels"] for _, item in present)]
+        ).astype(np.int64),
+    }
 
 
 def score_voc_results(
@@ -412,6 +417,116 @@ def write_metrics(result: dict[str, Any], directory: Path) -> Path:
     path = directory / "metrics.json"
     path.write_text(json.dumps(content, indent=2), encoding="utf-8")
     return path
+
+
+METRICS = ("voc07", "voc10", "coco")
+
+
+class Evaluator:
+    """The metric ``eval.metric`` names, on one validation set: VOC07 (11-point),
+    VOC2010+ (area) or COCO AP. train.py and test.py both score through it.
+
+    The COCO ground truth is built once, here: from the set's own annotation file
+    (COCO data) or from the records (other data; difficult objects become crowd boxes).
+
+    Args:
+        metric: ``voc07``, ``voc10`` or ``coco``.
+        records: the set's annotations, in the order detections come.
+        class_names: names of labels 1..C-1.
+        iou_threshold: the VOC metrics' match threshold.
+        annotation_file: the set's COCO annotation file, if it has one.
+    """
+
+    def __init__(
+        self,
+        *,
+        metric: str,
+        records: Sequence[AnnotationRecord],
+        class_names: Sequence[str],
+        iou_threshold: float = 0.5,
+        annotation_file: Path | None = None,
+    ) -> None:
+        if metric not in METRICS:
+            raise ConfigError(f"eval.metric={metric}: expected one of {', '.join(METRICS)}")
+        self.metric = metric
+        self.records = records
+        self.class_names = list(class_names)
+        self.iou_threshold = iou_threshold
+        self.coco = None
+        if metric == "coco":
+            self.coco, self.image_ids, self.category_ids = coco_truth_and_ids(
+                records, class_names, annotation_file
+            )
+
+    @classmethod
+    def from_config(
+        cls,
+        config: Config,
+        records: Sequence[AnnotationRecord],
+        class_names: Sequence[str],
+    ) -> Evaluator:
+        """The evaluator of the config's validation set (``eval`` section)."""
+        if config.eval.metric == "coco" and len(config.data.val_sets) != 1:
+            raise ConfigError(
+                "the COCO metric scores one annotation file: give one data.val_sets entry"
+            )
+        return cls(
+            metric=config.eval.metric,
+            records=records,
+            class_names=class_names,
+            iou_threshold=config.eval.iou_threshold,
+            annotation_file=val_annotation_file(config) if config.eval.metric == "coco" else None,
+        )
+
+    def results_of(self, detections: Sequence[dict[str, np.ndarray] | None]) -> Any:
+        """Per-image detections (0-based pixels) as what :meth:`score_results` takes:
+        COCO results entries, or the VOC metrics' flat arrays."""
+        if self.coco is not None:
+            return coco_results(detections, self.image_ids, self.category_ids)
+        return voc_results_arrays(detections)
+
+    def write_results(
+        self, detections: Sequence[dict[str, np.ndarray] | None], directory: Path
+    ) -> None:
+        """The VOC devkit files, and ``detections_coco.json`` for the COCO metric."""
+        write_voc_results(self.records, detections, self.class_names, directory)
+        if self.coco is not None:
+            entries = self.results_of(detections)
+            (directory / COCO_RESULTS_FILE).write_text(json.dumps(entries), encoding="utf-8")
+
+    def read_results(self, directory: Path) -> Any:
+        """The results a directory holds (:meth:`write_results`' files).
+
+        Raises:
+            FileNotFoundError: a results file is missing.
+            ValueError: a results file is malformed (file and line named).
+        """
+        if self.coco is not None:
+            path = directory / COCO_RESULTS_FILE
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: COCO results file not found")
+            try:
+                return json.loads(path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}: not a JSON file ({error})") from error
+        return read_voc_results_arrays(directory, self.records, self.class_names)
+
+    def score_results(self, results: Any) -> dict[str, Any]:
+        """``metric``, ``mAP``, ``ap_per_class`` and, for VOC, each class's ``curves``;
+        for COCO also AP50, AP75, ..., AR_large and pycocotools' printed ``summary``."""
+        if self.coco is not None:
+            return score_coco(self.coco, results, self.class_names)
+        return score_voc_results(
+            results,
+            self.records,
+            self.class_names,
+            use_07_metric=self.metric == "voc07",
+            iou_threshold=self.iou_threshold,
+        )
+
+    def score(self, detections: Sequence[dict[str, np.ndarray] | None]) -> dict[str, Any]:
+        """:meth:`score_results` of per-image detections (None counts as no detections)."""
+        return self.score_results(self.results_of(detections))
 
 
 PR_PLOT_FILE = "pr_curves.png"

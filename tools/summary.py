@@ -1,18 +1,17 @@
 """Print a model's parameters, GFLOPs, feature maps and prior count for any config.
 
-python -m models.summary --config configs/fssd300_voc.yaml [section.key=value ...]
+python -m tools.summary --config configs/fssd300_voc.yaml [section.key=value ...]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
 from models.build import build_model, count_flops, count_parameters, measure_feature_map_sizes
-from utils.config import add_config_arguments, load_config
-from utils.errors import UserError
+from utils.cli import add_config_arguments, run_command
+from utils.config import load_config
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -62,7 +61,4 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main(parse_args())
-    except (UserError, ValueError) as error:
-        sys.exit(f"error: {error}")
+    run_command(main, parse_args, user_errors=(ValueError,))

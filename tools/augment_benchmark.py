@@ -1,7 +1,7 @@
 """Images per second of one worker: this project's OpenCV/NumPy SSD augmentation against
 the same pipeline on ``torchvision.transforms.v2`` (as torchvision's SSD recipe builds it).
 
-    python -m data.augment_benchmark --images ../shared/data/voc_mini/VOC2012/JPEGImages
+    python -m tools.augment_benchmark --images ../shared/data/voc_mini/VOC2012/JPEGImages
 
 Both run in this process, one thread, on the same decoded images and boxes; decoding is
 excluded. Prints images/s for each and their ratio.
@@ -20,7 +20,9 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from data.records import read_image
-from data.transforms import MEAN_FILL_RGB, SSDAugmentation
+from data.transforms import SSDAugmentation
+from utils.cli import run_command
+from utils.pixels import MEAN_FILL_RGB
 
 
 def torchvision_v2_pipeline(size: int) -> v2.Compose:
@@ -92,4 +94,4 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run_command(main, parse_args)

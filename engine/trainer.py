@@ -1,0 +1,441 @@
+"""A training run: data, model, optimiser and state built from a config; the epoch loop
+with checkpoints, evaluation and the final outputs. train.py parses the command line
+and runs one."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from data.dataset import DetectionDataset
+from data.loader import build_dataset, build_eval_loader, build_train_loader, iterations_per_epoch
+from data.records import BadSampleError, read_image
+from data.sources import prepare_data, resolve_class_names
+from engine.evaluation import Evaluator
+from engine.inference import InferencePipeline, SpeedOptions, predict
+from engine.training import (
+    EpochOptions,
+    EpochResult,
+    StopRequest,
+    TrainingParts,
+    TrainState,
+    bn_scales,
+    train_one_epoch,
+)
+from models.build import build_loss, build_model, build_postprocessor, count_flops
+from models.pruning import prunable_norm_names
+from models.weights import load_detector_weights
+from utils.checkpoint import (
+    capture_rng_state,
+    channel_widths,
+    make_checkpoint,
+    read_project_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from utils.config import Config, ConfigError, config_to_yaml, save_config
+from utils.device import AUTOCAST_DTYPES, choose_device
+from utils.distributed import DistributedContext, barrier, broadcast_from_main
+from utils.log import MetricsWriter
+from utils.optim import build_optimizer, build_scheduler
+from utils.visualize import draw_detections
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingRun:
+    """Everything one training run holds: data, model, optimiser, state, outputs.
+
+    Args:
+        config: the run's config.
+        checkpoint: a training checkpoint's contents, to resume from.
+        context: the process's place in a distributed run.
+        init: weights to start from instead (fine-tuning; a pruned checkpoint brings
+            its channel widths).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        checkpoint: dict[str, Any] | None,
+        context: DistributedContext,
+        *,
+        init: Path | None = None,
+    ) -> None:
+        self.start_time = time.perf_counter()
+        self.config = config
+        self.context = context
+        self.device = choose_device(
+            config.train.device, local_rank=context.local_rank, origin="train.device"
+        )
+        self.output_dir = Path(config.train.output_dir)
+        self.autocast_dtype = AUTOCAST_DTYPES[config.train.amp]
+        if self.autocast_dtype is not None and self.device.type != "cuda":
+            logger.warning("train.amp=%s needs CUDA; training in float32", config.train.amp)
+            self.autocast_dtype = None
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        if context.is_main:
+            print(config_to_yaml(config), end="", flush=True)
+            save_config(config, self.output_dir / "config.yaml")
+        torch.manual_seed(config.train.seed)
+        self._build_data()
+        self._build_model(checkpoint if init is None else read_project_checkpoint(init), init)
+        self._build_optimisation()
+        self.state = TrainState()
+        if checkpoint is not None:
+            self.restore(checkpoint)
+        self.train_model: nn.Module = self.model
+        if context.is_distributed:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = DistributedDataParallel(self.model, device_ids=device_ids)
+        self.writer = MetricsWriter(self.output_dir, enabled=context.is_main)
+
+    def _build_data(self) -> None:
+        config, context = self.config, self.context
+        if context.is_main:
+            prepare_data(config)
+        barrier(context)
+        self.class_names = resolve_class_names(config)
+        self.train_set = build_dataset(config, "train", self.class_names)
+        self.val_set = (
+            build_dataset(config, "val", self.class_names) if config.data.val_sets else None
+        )
+        self.train_loader, self.sampler = build_train_loader(
+            self.train_set, config, num_replicas=context.world_size, rank=context.rank
+        )
+        self.val_loader = build_eval_loader(self.val_set, config) if self.val_set else None
+        self.evaluator = (
+            Evaluator.from_config(config, self.val_set.records, self.class_names)
+            if self.val_set is not None and context.is_main
+            else None
+        )
+        self.per_epoch = iterations_per_epoch(
+            len(self.train_set), config.train.batch_size, context.world_size
+        )
+        logger.info(
+            "%d training images, %d validation images, %d iterations per epoch, %d epochs",
+            len(self.train_set),
+            len(self.val_set) if self.val_set is not None else 0,
+            self.per_epoch,
+            config.train.epochs,
+        )
+
+    def _build_model(self, source: dict[str, Any] | None, init: Path | None) -> None:
+        """The model (pruned to ``source``'s widths, if any), on the device; its loss,
+        post-processor and the BatchNorm layers the slimming penalty applies to."""
+        config = self.config
+        self.channel_widths = channel_widths(source)
+        self.model = build_model(
+            config, load_weights=source is None and init is None, channel_widths=self.channel_widths
+        )
+        if init is not None:
+            load_detector_weights(self.model, init)
+            logger.info(
+                "initialised from %s%s", init, " (pruned widths)" if self.channel_widths else ""
+            )
+        self.forward_gflops = count_flops(self.model, config.model.image_size) / 1e9
+        self.model = self.model.to(self.device)
+        if config.train.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        sparse_norm_names = prunable_norm_names(self.model) if config.train.sparsity > 0 else []
+        if config.train.sparsity > 0 and not sparse_norm_names:
+            raise ConfigError(
+                "train.sparsity needs BatchNorm layers to make sparse; this model has "
+                "none that can be pruned (set model.batch_norm=true)"
+            )
+        if self.context.is_distributed and config.train.sync_bn:
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        # Looked up after the SyncBatchNorm conversion, which replaces the modules.
+        modules = dict(self.model.named_modules())
+        self.sparse_norms = tuple(modules[name] for name in sparse_norm_names)
+        self.loss_fn = build_loss(config, self.model.priors_cxcywh).to(self.device)
+        self.postprocessor = build_postprocessor(config, self.model.priors_cxcywh).to(self.device)
+
+    def _build_optimisation(self) -> None:
+        config = self.config
+        self.optimizer = build_optimizer(self.model, config.solver)
+        self.scheduler = build_scheduler(
+            self.optimizer,
+            config.solver,
+            epochs=config.train.epochs,
+            iterations_per_epoch=self.per_epoch,
+        )
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, enabled=self.autocast_dtype == torch.float16
+        )
+
+    def restore(self, checkpoint: dict[str, Any]) -> None:
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        # The schedule's shape comes from the current config (train.epochs may have been
+        # extended); only the position (last_epoch, base LRs) comes from the checkpoint.
+        scheduler_state = dict(checkpoint["scheduler"])
+        scheduler_state["lr_lambdas"] = [None] * len(self.scheduler.lr_lambdas)
+        self.scheduler.load_state_dict(scheduler_state)
+        self.scaler.load_state_dict(checkpoint["scaler"])
+        restore_rng_state(checkpoint["rng"])
+        self.state = TrainState(
+            iteration=checkpoint["iteration"],
+            best_metric=checkpoint["best_metric"],
+            best_iteration=checkpoint["best_iteration"],
+        )
+        logger.info(
+            "resumed at iteration %d (epoch %d)",
+            self.state.iteration,
+            self.state.iteration // self.per_epoch + 1,
+        )
+
+    def save(self, name: str) -> Path:
+        """Write checkpoint ``name`` (rank 0, atomically) and wait for every rank."""
+        path = self.output_dir / name
+        if self.context.is_main:
+            state = make_checkpoint(
+                config=self.config,
+                model_state=self.model.state_dict(),
+                class_names=self.class_names,
+                channel_widths=self.channel_widths,
+                optimizer=self.optimizer.state_dict(),
+                scheduler=self.scheduler.state_dict(),
+                scaler=self.scaler.state_dict(),
+                iteration=self.state.iteration,
+                best_metric=self.state.best_metric,
+                best_iteration=self.state.best_iteration,
+                rng=capture_rng_state(),
+            )
+            save_checkpoint(state, path)
+        barrier(self.context)
+        return path
+
+    def epoch_options(self, stop_at_iteration: int | None) -> EpochOptions:
+        train = self.config.train
+        return EpochOptions(
+            autocast_dtype=self.autocast_dtype,
+            channels_last=train.channels_last,
+            grad_clip_norm=self.config.solver.grad_clip_norm,
+            sparsity=train.sparsity,
+            sparse_norms=self.sparse_norms,
+            mixup_prob=train.mixup_prob,
+            mixup_alpha=train.mixup_alpha,
+            seed=train.seed,
+            log_interval=train.log_interval,
+            stop_at_iteration=stop_at_iteration,
+        )
+
+    def log_throughput(self, epoch: int, result: EpochResult) -> None:
+        """Training images/s of the epoch (this rank, data loading included) and the
+        GFLOP/s that means: a training step costs about 3x the forward's FLOPs."""
+        if result.seconds <= 0 or not self.context.is_main:
+            return
+        images_per_second = result.images / result.seconds
+        gflops_per_second = 3 * self.forward_gflops * images_per_second
+        logger.info(
+            "epoch %d: %.1f training images/s, about %.1f GFLOP/s (3 x %.3f forward GFLOPs "
+            "per image)",
+            epoch + 1,
+            images_per_second,
+            gflops_per_second,
+            self.forward_gflops,
+        )
+        self.writer.write(
+            "throughput",
+            self.state.iteration,
+            epoch,
+            {"images_per_second": images_per_second, "gflops_per_second": gflops_per_second},
+        )
+
+    def evaluate(self, epoch: int) -> dict[str, Any] | None:
+        """Validation mAP (``eval.metric``), computed on rank 0; every rank gets the score
+        (``mAP``), rank 0 also the detections and per-class APs. None without a
+        validation set."""
+        if self.val_loader is None:
+            return None
+        result: dict[str, Any] = {"mAP": math.nan}
+        if self.evaluator is not None:
+            amp = self.config.train.amp if self.autocast_dtype is not None else "none"
+            pipeline = InferencePipeline(
+                self.model,
+                self.postprocessor,
+                image_size=self.config.model.image_size,
+                device=self.device,
+                options=SpeedOptions(
+                    channels_last=self.config.train.channels_last,
+                    inference_mode=True,
+                    autocast=amp,
+                ),
+            )
+            detections, timing = predict(pipeline, self.val_loader)
+            result = self.evaluator.score(detections)
+            result["detections"] = detections
+            self.writer.write(
+                "eval",
+                self.state.iteration,
+                epoch,
+                {"mAP": result["mAP"], **timing.ms_per_image()},
+            )
+            logger.info("epoch %d: %s mAP %.4f", epoch + 1, result["metric"], result["mAP"])
+        result["mAP"] = broadcast_from_main(result["mAP"], self.context, self.device)
+        return result
+
+    def train(self, stop: StopRequest, stop_at_iteration: int | None = None) -> int:
+        """The epoch loop: train, checkpoint, evaluate; then the final evaluation, example
+        images and ``results.json``. Returns the exit code."""
+        config, state = self.config, self.state
+        parts = TrainingParts(
+            model=self.train_model,
+            loss_fn=self.loss_fn,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            scaler=self.scaler,
+            device=self.device,
+        )
+        options = self.epoch_options(stop_at_iteration)
+        total_iterations = self.per_epoch * config.train.epochs
+        final: dict[str, Any] | None = None
+        last_eval_iteration = -1
+        try:
+            while state.iteration < total_iterations:
+                epoch = state.iteration // self.per_epoch
+                self.sampler.set_epoch(epoch)
+                position = state.iteration % self.per_epoch
+                self.sampler.start_at(position * self.train_loader.batch_size)
+                result = train_one_epoch(
+                    parts,
+                    self.train_loader,
+                    epoch=epoch,
+                    state=state,
+                    context=self.context,
+                    writer=self.writer,
+                    stop=stop,
+                    options=options,
+                )
+                if result.stop_reason is not None:
+                    return self._stopped(result)
+                epochs_done = epoch + 1
+                self.log_throughput(epoch, result)
+                if config.train.sparsity > 0:
+                    self.writer.histogram(
+                        "bn_scales", bn_scales(self.sparse_norms), state.iteration
+                    )
+                if (
+                    epochs_done % config.train.checkpoint_interval == 0
+                    or epochs_done == config.train.epochs
+                ):
+                    self.save("last.pt")
+                interval = config.train.eval_interval
+                if (
+                    interval > 0 and epochs_done % interval == 0
+                ) or epochs_done == config.train.epochs:
+                    final = self.evaluate(epoch)
+                    last_eval_iteration = state.iteration
+                    if final is not None and final["mAP"] > state.best_metric:
+                        state.best_metric, state.best_iteration = final["mAP"], state.iteration
+                        self.save("best.pt")
+                        self.save("last.pt")
+        except BadSampleError as error:
+            return self._bad_sample(error)
+
+        if last_eval_iteration != state.iteration:
+            final = self.evaluate(max(state.iteration // self.per_epoch - 1, 0))
+        if self.context.is_main and final is not None:
+            self.finish(final)
+        barrier(self.context)
+        return 0
+
+    def _stopped(self, result: EpochResult) -> int:
+        """The exit code of an epoch that ended early; saves ``last.pt`` unless the loss
+        went non-finite (the last checkpoint is the last good state)."""
+        if result.stop_reason == "nonfinite":
+            last = self.output_dir / "last.pt"
+            kept = (
+                f"the last good checkpoint is {last}"
+                if last.is_file()
+                else "no checkpoint was written yet"
+            )
+            logger.error("%s; %s", result.message, kept)
+            return 1
+        path = self.save("last.pt")
+        logger.info(
+            "%s: saved %s at iteration %d; continue with --resume",
+            result.message,
+            path,
+            self.state.iteration,
+        )
+        return 0
+
+    def _bad_sample(self, error: BadSampleError) -> int:
+        # Re-raised from a loader worker: keep the message, not the worker traceback.
+        message = str(error).strip().splitlines()[-1]
+        if self.context.is_distributed:
+            # Only this rank hit the sample: a collective save would wait forever.
+            # Exiting non-zero makes torchrun stop the other ranks.
+            logger.error("bad sample (data.on_bad_sample=stop): %s", message)
+            return 2
+        path = self.save("last.pt")
+        logger.error("bad sample (data.on_bad_sample=stop): %s; saved %s", message, path)
+        return 2
+
+    def finish(self, final: dict[str, Any]) -> None:
+        """Example images with detections and ``results.json``."""
+        draw_examples(
+            dataset=self.val_set,
+            detections=final["detections"],
+            class_names=self.class_names,
+            output_dir=self.output_dir,
+            count=self.config.train.visualize_images,
+        )
+        summary = {
+            "metric": final["metric"],
+            "mAP": final["mAP"],
+            "ap_per_class": final["ap_per_class"],
+            "best_mAP": self.state.best_metric,
+            "best_iteration": self.state.best_iteration,
+            "iterations": self.state.iteration,
+            "train_seconds": time.perf_counter() - self.start_time,
+        }
+        (self.output_dir / "results.json").write_text(
+            json.dumps(summary, indent=2), encoding="utf-8"
+        )
+        print(
+            f"{final['metric']} mAP {final['mAP']:.4f} (best {self.state.best_metric:.4f}) after "
+            f"{self.state.iteration} iterations in {summary['train_seconds']:.0f} s; "
+            f"outputs in {self.output_dir}"
+        )
+
+
+def draw_examples(
+    *,
+    dataset: DetectionDataset,
+    detections: Sequence[dict[str, np.ndarray] | None],
+    class_names: list[str],
+    output_dir: Path,
+    count: int,
+) -> None:
+    """The first ``count`` images of ``dataset`` with their detections, as JPEGs in
+    ``output_dir/detections``."""
+    folder = output_dir / "detections"
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(min(count, len(dataset))):
+        record, detection = dataset.records[index], detections[index]
+        if detection is None:
+            continue
+        try:
+            image = read_image(record.image_path)
+        except BadSampleError as error:
+            logger.warning("%s", error)
+            continue
+        drawn = draw_detections(
+            image, detection["boxes"], detection["labels"], detection["scores"], class_names
+        )
+        cv2.imwrite(str(folder / f"{record.image_id}.jpg"), cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))

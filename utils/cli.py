@@ -1,0 +1,104 @@
+"""Command-line flags that several scripts and tools share, spelled and explained once,
+and the entry point that turns their errors into one line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import NoReturn
+
+from utils.device import AUTOCAST_DTYPES, DEVICE_CHOICES
+from utils.errors import UserError
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``--config FILE`` flag and trailing ``section.key=value`` overrides of a script."""
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="experiment YAML holding what differs from the defaults (default: none)",
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="section.key=value",
+        help="config overrides applied after the file, e.g. postprocess.score_threshold=0.05",
+    )
+
+
+def add_checkpoint_argument(
+    parser: argparse.ArgumentParser, *, required: bool = False, help: str | None = None
+) -> None:
+    """``--checkpoint``: a checkpoint of this project (its config is used when
+    ``--config`` is not given) or fssd.pytorch weights with ``--config``."""
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        required=required,
+        default=None,
+        help=help
+        or "weights: a checkpoint of this project (its config is used when --config is not "
+        "given; a pruned one brings its widths) or an fssd.pytorch checkpoint with --config",
+    )
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device",
+        choices=DEVICE_CHOICES,
+        default="auto",
+        help="where the network runs (default auto: CUDA when there is one, else the CPU)",
+    )
+
+
+def add_speed_arguments(parser: argparse.ArgumentParser, *, all_paths: bool = False) -> None:
+    """The inference speed paths (``engine.inference.SpeedOptions``) as flags: BatchNorm
+    folding and NHWC; with ``all_paths`` also inference mode, compile, autocast and CUDA
+    graphs."""
+    parser.add_argument(
+        "--fold-bn",
+        action="store_true",
+        help="fold BatchNorm into the preceding convs (same outputs, faster)",
+    )
+    parser.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="NHWC activations (same outputs; much faster on CPUs with oneDNN)",
+    )
+    if not all_paths:
+        return
+    parser.add_argument(
+        "--inference-mode", action="store_true", help="torch.inference_mode (else no_grad)"
+    )
+    parser.add_argument("--compile", action="store_true", help="torch.compile the network")
+    parser.add_argument(
+        "--amp",
+        dest="autocast",
+        choices=list(AUTOCAST_DTYPES),
+        default="none",
+        help="autocast precision (CUDA; post-processing stays float32)",
+    )
+    parser.add_argument(
+        "--cuda-graphs", action="store_true", help="replay the forward as a CUDA graph"
+    )
+
+
+def run_command(
+    main: Callable[[argparse.Namespace], int | None],
+    parse_args: Callable[[], argparse.Namespace],
+    *,
+    user_errors: tuple[type[BaseException], ...] = (),
+) -> NoReturn:
+    """A script's entry point: ``main(parse_args())``'s return value is the exit code;
+    a :class:`utils.errors.UserError` (or one of ``user_errors``) ends the command with
+    one ``error: ...`` line and exit code 1, Ctrl-C with ``interrupted``."""
+    try:
+        code = main(parse_args())
+    except (UserError, *user_errors) as error:
+        sys.exit(f"error: {error}")
+    except KeyboardInterrupt:
+        sys.exit("interrupted")
+    sys.exit(code or 0)

@@ -55,6 +55,7 @@ from utils.cli import (
     add_config_arguments,
     add_device_argument,
     add_speed_arguments,
+    positive_int,
     run_command,
 )
 from utils.config import ConfigError
@@ -77,8 +78,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_checkpoint_argument(
         parser, help="weights to time (a pruned checkpoint brings its widths); default: random"
     )
-    parser.add_argument("--batch-size", type=int, default=8, help="throughput batch (default 8)")
-    parser.add_argument("--repeats", type=int, default=10, help="timed calls (default 10)")
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=8, help="throughput batch (default 8)"
+    )
+    parser.add_argument("--repeats", type=positive_int, default=10, help="timed calls (default 10)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls first (default 2)")
     add_device_argument(parser)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")

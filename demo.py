@@ -33,6 +33,8 @@ from utils.cli import (
     add_config_arguments,
     add_device_argument,
     add_speed_arguments,
+    positive_int,
+    probability,
     run_command,
 )
 from utils.device import choose_device
@@ -59,10 +61,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, default=None, help="output folder")
     parser.add_argument("--show", action="store_true", help="show results in a window")
     parser.add_argument(
-        "--threshold", type=float, default=0.3, help="lowest score drawn (default 0.3)"
+        "--threshold",
+        type=probability,
+        default=0.3,
+        help="lowest score drawn, in [0, 1] (default 0.3)",
     )
     parser.add_argument(
-        "--topk", type=int, default=100, help="most detections kept per image (default 100)"
+        "--topk",
+        type=positive_int,
+        default=100,
+        help="most detections kept per image, at least 1 (default 100)",
     )
     add_speed_arguments(parser)
     add_device_argument(parser)

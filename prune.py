@@ -149,6 +149,36 @@ def benchmark(
     return results
 
 
+# Pruned channels whose |gamma| reaches this fraction of the kept channels' median carry
+# signal: the scales were not made sparse.
+NOT_SPARSE_FRACTION = 0.1
+
+
+def report_sparsity(scores: torch.Tensor, threshold: float, ratio: float) -> bool:
+    """Print how the |gamma| of the prunable channels are spread and the threshold the
+    ratio gives; warn when they are not sparse (the channels to prune are not small next
+    to those kept). Returns whether they are sparse."""
+    below = float((scores < 0.01).float().mean())
+    kept = scores[scores > threshold]
+    reference = float(kept.median() if kept.numel() else scores.max())
+    print(
+        f"|gamma| of the {scores.numel()} prunable channels: median {float(scores.median()):.4g}, "
+        f"{below:.1%} below 0.01; ratio {ratio:g} gives the threshold {threshold:.4g} "
+        f"(median of the channels kept: {reference:.4g})"
+    )
+    sparse = threshold <= NOT_SPARSE_FRACTION * reference
+    if not sparse:
+        logger.warning(
+            "the BatchNorm scales are not sparse: the channels to prune reach |gamma| "
+            "%.4g, %.0f%% of the median of those kept, so they carry signal and accuracy "
+            "will drop sharply until fine-tuning (train.py --init) brings it back. Train "
+            "with train.sparsity=LAMBDA first (network slimming stage 1; see the README)",
+            threshold,
+            100 * threshold / reference if reference > 0 else float("inf"),
+        )
+    return sparse
+
+
 def main(args: argparse.Namespace) -> int:
     setup_logging(is_main=True)
     config, model, checkpoint = load_trained_model(args.config, args.overrides, args.checkpoint)
@@ -162,7 +192,9 @@ def main(args: argparse.Namespace) -> int:
         groups, args.ratio, min_keep_fraction=args.min_keep, multiple_of=args.multiple_of
     )
     widths_before = {group.name: group.width for group in groups}
-    _, threshold = global_threshold(torch.cat([group.scores() for group in groups]), args.ratio)
+    scores = torch.cat([group.scores() for group in groups])
+    _, threshold = global_threshold(scores, args.ratio)
+    report_sparsity(scores, threshold, args.ratio)
     widths = prune_channels(groups, keep, compensate=not args.no_compensation)
     after = describe(model, image_size)
 

@@ -26,7 +26,10 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 class BadSampleError(UserError, RuntimeError):
-    """A sample that cannot be used; the message names the file and the problem."""
+    """A sample that cannot be used; the message names the file and the problem. With
+    ``data.on_bad_sample=stop`` a script stops on it with exit code 2."""
+
+    exit_code = 2
 
 
 @dataclass

@@ -15,7 +15,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from data.records import AnnotationRecord, BadSampleError, ProblemReport, clean_boxes, find_image
+from data.records import (
+    IMAGE_EXTENSIONS,
+    AnnotationRecord,
+    BadSampleError,
+    ProblemReport,
+    clean_boxes,
+    find_image,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -189,17 +196,55 @@ def read_voc_format(
     class_names: Sequence[str],
     problems: ProblemReport,
 ) -> list[AnnotationRecord]:
-    """Records of one split of a folder holding VOC-style XML (and the images)."""
+    """Records of one split of a folder holding VOC-style XML (and the images).
+
+    Without a split list (``all``: every XML of the folder), images that no XML
+    annotates are reported as one problem (their count and first names) and left out.
+    """
     records = []
     directories = image_dirs(folder)
-    for path in annotation_files(folder, split):
+    files = annotation_files(folder, split)
+    for path in files:
         if not path.is_file():
             problems.report(path, f"annotation file listed in split '{split}' not found")
             continue
         record = parse_annotation(path, directories, class_names, problems)
         if record is not None:
             records.append(record)
+    if read_split_ids(folder, split) is None:
+        _report_unannotated_images(directories, files, records, folder, problems)
     return records
+
+
+def _report_unannotated_images(
+    directories: Sequence[Path],
+    files: Sequence[Path],
+    records: Sequence[AnnotationRecord],
+    folder: Path,
+    problems: ProblemReport,
+    shown: int = 5,
+) -> None:
+    """Report the images of ``directories`` that no annotation file names or shares a
+    stem with (an XML found for an image but left out reports its own problem)."""
+    annotated = {record.image_path.resolve() for record in records}
+    stems = {path.stem for path in files}
+    unannotated = sorted(
+        {
+            path
+            for directory in directories
+            for path in directory.iterdir()
+            if path.suffix.lower() in IMAGE_EXTENSIONS
+            and path.resolve() not in annotated
+            and path.stem not in stems
+        }
+    )
+    if unannotated:
+        names = ", ".join(path.name for path in unannotated[:shown])
+        more = f" and {len(unannotated) - shown} more" if len(unannotated) > shown else ""
+        problems.report(
+            folder,
+            f"{len(unannotated)} images have no XML annotation and are left out: {names}{more}",
+        )
 
 
 def voc_year_folder(root: Path, set_name: str) -> tuple[Path, str]:

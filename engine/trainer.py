@@ -41,12 +41,14 @@ from utils.checkpoint import (
     channel_widths,
     make_checkpoint,
     read_project_checkpoint,
+    remove_stale_temporaries,
     restore_rng_state,
     save_checkpoint,
 )
 from utils.config import Config, ConfigError, config_to_yaml, save_config
 from utils.device import AUTOCAST_DTYPES, choose_device
 from utils.distributed import DistributedContext, barrier, broadcast_from_main
+from utils.errors import user_message
 from utils.log import MetricsWriter
 from utils.optim import build_optimizer, build_scheduler
 from utils.visualize import draw_detections
@@ -89,6 +91,8 @@ class TrainingRun:
         if context.is_main:
             print(config_to_yaml(config), end="", flush=True)
             save_config(config, self.output_dir / "config.yaml")
+            for stale in remove_stale_temporaries(self.output_dir):
+                logger.info("removed %s, left by an interrupted checkpoint write", stale)
         torch.manual_seed(config.train.seed)
         self._build_data()
         self._build_model(checkpoint if init is None else read_project_checkpoint(init), init)
@@ -100,7 +104,13 @@ class TrainingRun:
         if context.is_distributed:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = DistributedDataParallel(self.model, device_ids=device_ids)
-        self.writer = MetricsWriter(self.output_dir, enabled=context.is_main)
+        # A resumed run continues the metrics from its checkpoint's iteration: what was
+        # logged after it (before a crash) is dropped, so that no iteration appears twice.
+        self.writer = MetricsWriter(
+            self.output_dir,
+            enabled=context.is_main,
+            resume_iteration=self.state.iteration if checkpoint is not None else None,
+        )
 
     def _build_data(self) -> None:
         config, context = self.config, self.context
@@ -375,16 +385,15 @@ class TrainingRun:
         return 0
 
     def _bad_sample(self, error: BadSampleError) -> int:
-        # Re-raised from a loader worker: keep the message, not the worker traceback.
-        message = str(error).strip().splitlines()[-1]
+        message = user_message(error)  # without a loader worker's traceback
         if self.context.is_distributed:
             # Only this rank hit the sample: a collective save would wait forever.
             # Exiting non-zero makes torchrun stop the other ranks.
             logger.error("bad sample (data.on_bad_sample=stop): %s", message)
-            return 2
+            return error.exit_code
         path = self.save("last.pt")
         logger.error("bad sample (data.on_bad_sample=stop): %s; saved %s", message, path)
-        return 2
+        return error.exit_code
 
     def finish(self, final: dict[str, Any]) -> None:
         """Example images with detections and ``results.json``."""

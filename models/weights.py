@@ -26,6 +26,7 @@ import torchvision
 from torch import Tensor, nn
 
 from layers.blocks import ConvBNReLU
+from utils.checkpoint import CheckpointError, read_tensor_file
 from utils.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -97,11 +98,9 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     ``{"state_dict": ...}`` and without DataParallel's ``module.`` prefix."""
     path = Path(path)
     try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise WeightsError(f"{path}: weights file not found") from None
-    except Exception as error:
-        raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({error})") from error
+        content = read_tensor_file(path, what="weights file")
+    except CheckpointError as error:
+        raise WeightsError(str(error)) from None
     for key in ("model", "state_dict"):
         if isinstance(content, dict) and isinstance(content.get(key), dict):
             content = content[key]

@@ -145,7 +145,7 @@ def test_missing_and_corrupt_files_are_named(tmp_path):
         build_model(load_config(None, [f"model.backbone_weights={tmp_path}/nowhere.pth", *TINY]))
     corrupt = tmp_path / "corrupt.pth"
     corrupt.write_bytes(b"not a checkpoint")
-    with pytest.raises(WeightsError, match=r"corrupt\.pth: not a readable PyTorch checkpoint"):
+    with pytest.raises(WeightsError, match=r"corrupt\.pth: not a PyTorch weights file"):
         build_model(load_config(None, [f"model.weights={corrupt}", *TINY]))
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,13 +35,21 @@ from utils.errors import UserError
 if TYPE_CHECKING:
     import torch
 
+# Temporary files are ".<name>.tmp<pid>" beside the checkpoint.
+TEMPORARY_PREFIX = "."
+
 # Raise when the layout changes in a way older code cannot read; files without the key
 # were written before it existed, in the layout of version 1.
 FORMAT_VERSION = 1
 
 
 class CheckpointError(UserError, RuntimeError):
-    """A checkpoint that cannot be read; the message names the file."""
+    """A checkpoint that cannot be read; the message names the file. ``foreign``: the
+    file holds tensors, but not in this project's layout (another project's weights)."""
+
+    def __init__(self, message: str, *, foreign: bool = False) -> None:
+        super().__init__(message)
+        self.foreign = foreign
 
 
 def make_checkpoint(
@@ -64,40 +73,145 @@ def make_checkpoint(
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
-    """Write ``state`` to ``path`` through a temporary file and a rename, so a crash or
-    a full disk never leaves a truncated checkpoint behind."""
+    """Write ``state`` to ``path`` through a temporary file, an fsync, a rename and an
+    fsync of the folder, so a crash, a kill or a full disk never leaves a truncated
+    checkpoint behind: ``path`` holds the old checkpoint or the new one.
+
+    Raises:
+        CheckpointError: the file could not be written (the message names the path and
+            the cause, e.g. no space left on device); the temporary file is removed and
+            the previous checkpoint is left as it was.
+    """
     import torch
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    temporary = path.with_name(f"{TEMPORARY_PREFIX}{path.name}.tmp{os.getpid()}")
     try:
         with temporary.open("wb") as handle:
             torch.save(state, handle)
             handle.flush()
             os.fsync(handle.fileno())
         temporary.replace(path)
+        _fsync_directory(path.parent)
+    except (OSError, RuntimeError) as error:
+        raise CheckpointError(
+            f"{path}: could not write the checkpoint ({_write_failure(error, path.parent)}); "
+            "the previous one, if any, is unchanged"
+        ) from error
     finally:
         temporary.unlink(missing_ok=True)
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A checkpoint's contents on the CPU.
+def _write_failure(error: BaseException, directory: Path) -> str:
+    """The cause of a failed write in a few words: the OSError in the chain (torch
+    wraps it in a RuntimeError of its own), or a full disk, or the error itself."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.strerror:
+            return cause.strerror
+        cause = cause.__cause__ or cause.__context__
+    try:
+        free = shutil.disk_usage(directory).free
+    except OSError:
+        free = None
+    if free is not None and free < 1 << 20:
+        return f"No space left on device ({free} bytes free)"
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename inside ``directory`` durable (a no-op where folders cannot be opened)."""
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def remove_stale_temporaries(directory: str | Path) -> list[Path]:
+    """Delete the temporary files that :func:`save_checkpoint` calls of processes no
+    longer running (a kill -9 mid-write leaves them); returns what was deleted."""
+    removed = []
+    for candidate in Path(directory).glob(f"{TEMPORARY_PREFIX}*.tmp*"):
+        pid = candidate.name.rpartition(".tmp")[2]
+        if not pid.isdigit() or (int(pid) != os.getpid() and _process_exists(int(pid))):
+            continue
+        try:
+            candidate.unlink()
+        except OSError:
+            continue
+        removed.append(candidate)
+    return removed
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_tensor_file(path: str | Path, *, what: str = "checkpoint") -> Any:
+    """A file written by ``torch.save``, read with ``weights_only=True`` onto the CPU: only
+    tensors and plain containers are rebuilt, nothing in the file can run code.
 
     Raises:
-        CheckpointError: missing, truncated or not a checkpoint of this project.
+        CheckpointError: missing; not a ``torch.save`` zip of tensors (another format,
+            random bytes, truncated); or holding objects that are not allowed (the
+            object named). The message says so plainly and never suggests loading it
+            some less safe way.
     """
+    import pickle
+    import re
+    import zipfile
+
     import torch
 
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
+        raise CheckpointError(f"{path}: {what} not found")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({error})") from error
+        found = re.search(r"[Uu]nsupported (?:global: )?GLOBAL ([\w.]+)", str(error))
+        if isinstance(error, pickle.UnpicklingError) and found:
+            raise CheckpointError(
+                f"{path}: not a {what} this project can load safely: it holds an object "
+                f"that is not a tensor or a plain container ({found.group(1)}), so it "
+                "was refused without running anything"
+            ) from None
+        kind = "a truncated or damaged" if zipfile.is_zipfile(path) else "not a"
+        if kind == "not a" and path.stat().st_size > 0:
+            with path.open("rb") as handle:
+                if handle.read(4).startswith(b"PK"):
+                    kind = "a truncated or damaged"
+        raise CheckpointError(
+            f"{path}: {kind} PyTorch {what} (torch.save's zip archive of tensors); "
+            "this project cannot read it"
+        ) from None
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint of this project, on the CPU (:func:`read_tensor_file`).
+
+    Raises:
+        CheckpointError: unreadable (see :func:`read_tensor_file`), or tensors that are
+            not a checkpoint of this project (``foreign``), or a newer format.
+    """
+    state = read_tensor_file(path)
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
-        raise CheckpointError(f"{path}: not a checkpoint of this project (no model/config)")
+        raise CheckpointError(
+            f"{path}: not a checkpoint of this project (no model/config)", foreign=True
+        )
     version = state.get("format_version", 1)
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise CheckpointError(
@@ -119,6 +233,8 @@ def config_and_checkpoint(
         try:
             checkpoint = load_checkpoint(checkpoint_path)
         except CheckpointError as error:
+            if not error.foreign:
+                raise
             if config_path is None:
                 raise CheckpointError(
                     f"{error}; for weights without a config (e.g. fssd.pytorch) give --config too"
@@ -134,11 +250,16 @@ def config_and_checkpoint(
 
 
 def read_project_checkpoint(path: str | Path) -> dict[str, Any] | None:
-    """:func:`load_checkpoint`, or None when ``path`` is a weights file of another
-    project (an fssd.pytorch state dict); errors about it come when it is loaded."""
+    """:func:`load_checkpoint`, or None when ``path`` holds the weights of another
+    project (an fssd.pytorch state dict), which are read when they are loaded.
+
+    Raises:
+        CheckpointError: the file cannot be read at all."""
     try:
         return load_checkpoint(path)
-    except CheckpointError:
+    except CheckpointError as error:
+        if not error.foreign:
+            raise
         return None
 
 

@@ -9,8 +9,29 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
+from utils.config import AT_LEAST_ONE, PROBABILITY, Range
 from utils.device import AUTOCAST_DTYPES, DEVICE_CHOICES
-from utils.errors import UserError
+from utils.errors import UserError, user_message
+
+
+def number_in(kind: type[int] | type[float], allowed: Range) -> Callable[[str], float]:
+    """An argparse ``type``: a ``kind`` number within ``allowed``, else argparse's
+    usage error naming the flag, the range and the value."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
+        if not allowed.contains(value):
+            raise argparse.ArgumentTypeError(f"must be {allowed.describe()}, got {text}")
+        return value
+
+    return parse
+
+
+probability = number_in(float, PROBABILITY)
+positive_int = number_in(int, AT_LEAST_ONE)
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -94,11 +115,13 @@ def run_command(
 ) -> NoReturn:
     """A script's entry point: ``main(parse_args())``'s return value is the exit code;
     a :class:`utils.errors.UserError` (or one of ``user_errors``) ends the command with
-    one ``error: ...`` line and exit code 1, Ctrl-C with ``interrupted``."""
+    one ``error: ...`` line and the error's exit code (1; 2 for a bad sample), Ctrl-C
+    with ``interrupted``."""
     try:
         code = main(parse_args())
     except (UserError, *user_errors) as error:
-        sys.exit(f"error: {error}")
+        print(f"error: {user_message(error)}", file=sys.stderr)
+        sys.exit(getattr(error, "exit_code", 1))
     except KeyboardInterrupt:
         sys.exit("interrupted")
     sys.exit(code or 0)

@@ -243,6 +243,85 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
+@dataclass(frozen=True)
+class Range:
+    """The values a number may take: ``low``/``high`` bounds (None: unbounded), each
+    inclusive unless ``low_open``/``high_open``."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def contains(self, value: float) -> bool:
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above and below
+
+    def describe(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+        return f"in {left}{self.low:g}, {self.high:g}{right}"
+
+
+POSITIVE = Range(0, low_open=True)
+AT_LEAST_ONE = Range(1)
+NON_NEGATIVE = Range(0)
+PROBABILITY = Range(0, 1)
+
+# Numbers outside these ranges make no sense (and fail late, deep inside torch, or
+# silently do nothing): they are refused where the config is read, key and value named.
+RANGES: dict[str, Range] = {
+    "model.num_classes": Range(2),
+    "model.image_size": AT_LEAST_ONE,
+    "model.width_multiplier": POSITIVE,
+    "model.fusion_channels": AT_LEAST_ONE,
+    "loss.iou_threshold": Range(0, 1, low_open=True),
+    "loss.neg_pos_ratio": NON_NEGATIVE,
+    "loss.min_negatives": NON_NEGATIVE,
+    "loss.loc_weight": NON_NEGATIVE,
+    "postprocess.score_threshold": PROBABILITY,
+    "postprocess.pre_nms_topk": AT_LEAST_ONE,
+    "postprocess.nms_iou_threshold": PROBABILITY,
+    "postprocess.max_detections": AT_LEAST_ONE,
+    "data.num_workers": NON_NEGATIVE,
+    "data.shapes_train_images": AT_LEAST_ONE,
+    "data.shapes_val_images": NON_NEGATIVE,
+    "data.shapes_image_size": Range(32),
+    "augment.photometric_prob": PROBABILITY,
+    "augment.expand_prob": PROBABILITY,
+    "augment.expand_max_ratio": Range(1),
+    "augment.crop_prob": PROBABILITY,
+    "augment.flip_prob": PROBABILITY,
+    "train.epochs": AT_LEAST_ONE,
+    "train.batch_size": AT_LEAST_ONE,
+    "train.eval_interval": NON_NEGATIVE,
+    "train.checkpoint_interval": AT_LEAST_ONE,
+    "train.log_interval": AT_LEAST_ONE,
+    "train.sparsity": NON_NEGATIVE,
+    "train.mixup_prob": PROBABILITY,
+    "train.mixup_alpha": POSITIVE,
+    "train.visualize_images": NON_NEGATIVE,
+    "solver.lr": POSITIVE,
+    "solver.momentum": Range(0, 1, high_open=True),
+    "solver.weight_decay": NON_NEGATIVE,
+    "solver.warmup_iterations": NON_NEGATIVE,
+    "solver.warmup_factor": Range(0, 1, low_open=True),
+    "solver.gamma": POSITIVE,
+    "solver.min_lr_factor": PROBABILITY,
+    "solver.grad_clip_norm": NON_NEGATIVE,
+    "eval.batch_size": AT_LEAST_ONE,
+    "eval.iou_threshold": Range(0, 1, low_open=True),
+}
+
+
+def _check_range(value: Any, dotted: str, source: str) -> None:
+    allowed = RANGES.get(dotted)
+    if allowed is not None and not allowed.contains(value):
+        raise ConfigError(f"{source}: '{dotted}' must be {allowed.describe()}, got {value!r}")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Defaults, updated by the YAML file at ``path``, then by ``key=value`` overrides.
 
@@ -315,6 +394,7 @@ def merge_dict(config: Any, values: dict[str, Any], source: str, prefix: str = "
             updates[key] = merge_dict(current, value, source, prefix=f"{dotted}.")
         else:
             updates[key] = _coerce(value, hints[key], dotted, source)
+            _check_range(updates[key], dotted, source)
     return dataclasses.replace(config, **updates)
 
 

@@ -41,10 +41,15 @@ class MetricsWriter:
     """Scalars to TensorBoard (``DIR/tensorboard``) and to ``DIR/metrics.jsonl``, one JSON
     object a line: ``{"kind": "train"|"eval"|"throughput", "iteration": N, "epoch": E, ...}``.
 
-    A writer with ``enabled=False`` (ranks other than 0) does nothing.
+    A writer with ``enabled=False`` (ranks other than 0) does nothing. With
+    ``resume_iteration`` (a run resumed from a checkpoint of that iteration) the lines
+    and TensorBoard events logged after that iteration by the interrupted run are
+    dropped: the resumed run logs those iterations again.
     """
 
-    def __init__(self, output_dir: str | Path, enabled: bool = True) -> None:
+    def __init__(
+        self, output_dir: str | Path, enabled: bool = True, resume_iteration: int | None = None
+    ) -> None:
         self.enabled = enabled
         self.output_dir = Path(output_dir)
         self._tensorboard = None
@@ -52,8 +57,14 @@ class MetricsWriter:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tensorboard = SummaryWriter(str(self.output_dir / "tensorboard"))
-            self._jsonl = (self.output_dir / "metrics.jsonl").open("a", encoding="utf-8")
+            path = self.output_dir / "metrics.jsonl"
+            if resume_iteration is not None:
+                _drop_lines_after(path, resume_iteration)
+            self._tensorboard = SummaryWriter(
+                str(self.output_dir / "tensorboard"),
+                purge_step=None if resume_iteration is None else resume_iteration + 1,
+            )
+            self._jsonl = path.open("a", encoding="utf-8")
 
     def write(self, kind: str, iteration: int, epoch: int, values: dict[str, Any]) -> None:
         if not self.enabled:
@@ -76,3 +87,21 @@ class MetricsWriter:
         if self.enabled:
             self._tensorboard.close()
             self._jsonl.close()
+
+
+def _drop_lines_after(path: Path, iteration: int) -> None:
+    """Rewrite the JSON-lines file ``path`` without the records past ``iteration`` (and
+    without a torn last line), atomically."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by the crash
+        if isinstance(record, dict) and record.get("iteration", 0) <= iteration:
+            kept.append(line + "\n")
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text("".join(kept), encoding="utf-8")
+    temporary.replace(path)

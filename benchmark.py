@@ -20,6 +20,11 @@ graphs; BatchNorm folding does not apply, its VGG16 has none). The table gives e
 model's GFLOPs, the GFLOP/s its forward reached, and a float32 matrix product's
 GFLOP/s on the same device in the same run (the machine's practical limit), then our
 time over its time.
+
+``--backend onnxruntime`` times ours as one end-to-end ONNX graph in ONNX Runtime on the
+CPU (``engine/export.py``): its ``forward`` then includes the post-processing, and
+``post`` is only the conversion to each image's pixels. torchvision's model keeps
+running in PyTorch with the speed flags given.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ import torch
 from torch import nn
 
 from data.records import IMAGE_EXTENSIONS
+from engine.export import build_pipeline as build_export_pipeline
 from engine.inference import (
     InferencePipeline,
     NetworkRunner,
@@ -49,8 +55,9 @@ from engine.inference import (
     speed_options,
 )
 from engine.loading import build_model_to_run
-from models.build import build_postprocessor, count_flops
+from models.build import count_flops
 from utils.cli import (
+    add_backend_arguments,
     add_checkpoint_argument,
     add_config_arguments,
     add_device_argument,
@@ -97,6 +104,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="WIDTHxHEIGHT of the random input images (default 500x375, a typical VOC photo)",
     )
     add_speed_arguments(parser, all_paths=True)
+    add_backend_arguments(parser)
     parser.add_argument(
         "--compare",
         choices=["torchvision"],
@@ -161,7 +169,7 @@ class PipelineRunner(Runner):
                 device,
                 lambda _: pipeline.preprocess(images),
                 lambda batch: pipeline.forward(batch),
-                lambda outputs: pipeline.postprocess(*outputs, [i.shape[:2] for i in images]),
+                lambda outputs: pipeline.postprocess(outputs, [i.shape[:2] for i in images]),
             )
 
 
@@ -266,10 +274,13 @@ def measure(
 
 def build_pipeline(args: argparse.Namespace, device: torch.device) -> tuple[InferencePipeline, Any]:
     config, model = build_model_to_run(args.config, args.overrides, args.checkpoint)
-    options = speed_options(args)
-    postprocessor = build_postprocessor(config, model.priors_cxcywh)
-    pipeline = InferencePipeline(
-        model, postprocessor, image_size=config.model.image_size, device=device, options=options
+    pipeline = build_export_pipeline(
+        model,
+        config,
+        backend=args.backend,
+        device=device,
+        options=speed_options(args),
+        onnx_path=args.onnx,
     )
     return pipeline, config
 
@@ -329,11 +340,12 @@ def build_runners(
     paths (:func:`peer_options`) and the config's class count; the config and our
     pipeline."""
     pipeline, config = build_pipeline(args, device)
-    name = f"ours ({config.model.architecture})"
+    backend = "" if args.backend == "torch" else f", {args.backend}"
+    name = f"ours ({config.model.architecture}{backend})"
     runners: list[Runner] = [PipelineRunner(name, pipeline, config.model.num_classes)]
     if args.compare == "torchvision":
         runners.append(
-            TorchvisionRunner(device, peer_options(pipeline.options), config.model.num_classes)
+            TorchvisionRunner(device, peer_options(speed_options(args)), config.model.num_classes)
         )
     return runners, config, pipeline
 

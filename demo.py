@@ -25,10 +25,11 @@ import numpy as np
 from tqdm import tqdm
 
 from data.records import IMAGE_EXTENSIONS, BadSampleError, read_image
-from engine.inference import InferencePipeline, speed_options
+from engine.export import build_pipeline
+from engine.inference import speed_options
 from engine.loading import load_trained_model
-from models.build import build_postprocessor
 from utils.cli import (
+    add_backend_arguments,
     add_checkpoint_argument,
     add_config_arguments,
     add_device_argument,
@@ -74,6 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     add_speed_arguments(parser)
     add_device_argument(parser)
+    add_backend_arguments(parser)
     parser.add_argument(
         "--class-names",
         nargs="*",
@@ -93,12 +95,13 @@ class Detector:
         self.class_names = args.class_names or (checkpoint or {}).get("class_names") or []
         if not self.class_names:
             self.class_names = [str(label) for label in range(1, config.model.num_classes)]
-        self.pipeline = InferencePipeline(
+        self.pipeline = build_pipeline(
             model,
-            build_postprocessor(config, model.priors_cxcywh),
-            image_size=config.model.image_size,
+            config,
+            backend=args.backend,
             device=choose_device(args.device, origin="--device"),
             options=speed_options(args, inference_mode=True),
+            onnx_path=args.onnx,
         )
         self.threshold = args.threshold
         self.output_dir = Path(config.train.output_dir) / "demo"

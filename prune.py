@@ -138,7 +138,7 @@ def benchmark(
         batch = pipeline.preprocess([image])
         functions[f"{name}/forward_ms"] = lambda p=pipeline, b=batch: p.forward(b)
         functions[f"{name}/end_to_end_ms"] = lambda p=pipeline, b=batch: p.postprocess(
-            *p.forward(b), sizes
+            p.forward(b), sizes
         )
     with torch.inference_mode():
         times = time_interleaved(functions, device=torch.device("cpu"), warmup=5, repeats=repeats)

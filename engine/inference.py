@@ -26,7 +26,8 @@ import dataclasses
 import logging
 import time
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
 from typing import Literal
 
 import cv2
@@ -219,17 +220,76 @@ class InferencePipeline:
         return loc, conf
 
     def postprocess(
-        self, loc: Tensor, conf: Tensor, sizes: Sequence[tuple[int, int]]
+        self, outputs: tuple[Tensor, Tensor], sizes: Sequence[tuple[int, int]]
     ) -> list[dict[str, np.ndarray]]:
-        """Detections per image in its own pixels (:func:`to_pixels`); ``sizes`` are
-        ``(height, width)``."""
-        return to_pixels(self.postprocessor(loc, conf), sizes)
+        """Detections per image in its own pixels (:func:`to_pixels`) from the
+        :meth:`forward` outputs; ``sizes`` are ``(height, width)``."""
+        return to_pixels(self.postprocessor(*outputs), sizes)
 
     def __call__(self, images: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
         """Detections for RGB uint8 images (any sizes), end to end."""
         with self.grad_mode():
-            loc, conf = self.forward(self.preprocess(images))
-            return self.postprocess(loc, conf, [image.shape[:2] for image in images])
+            outputs = self.forward(self.preprocess(images))
+            return self.postprocess(outputs, [image.shape[:2] for image in images])
+
+
+class OnnxRuntimePipeline(InferencePipeline):
+    """The end-to-end ONNX detector (:func:`engine.export.export_end_to_end`: network and
+    post-processing in one graph) run by ONNX Runtime on the CPU, behind the same
+    preprocess / forward / postprocess interface.
+
+    Args:
+        path: the ``.onnx`` file.
+        image_size: the model's input side.
+        model: the PyTorch model it was exported from (kept for its description:
+            priors, GFLOPs), or None.
+        threads: ONNX Runtime's intra-op threads (None: its default, all cores).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        image_size: int,
+        model: nn.Module | None = None,
+        threads: int | None = None,
+    ) -> None:
+        import onnxruntime
+
+        session_options = onnxruntime.SessionOptions()
+        if threads is not None:
+            session_options.intra_op_num_threads = threads
+        self.session = onnxruntime.InferenceSession(
+            str(path), session_options, providers=["CPUExecutionProvider"]
+        )
+        self.path = Path(path)
+        self.model = model
+        self.image_size = image_size
+        self.device = torch.device("cpu")
+        self.options = SpeedOptions()
+
+    def grad_mode(self) -> AbstractContextManager:
+        return nullcontext()
+
+    def forward(self, batch: Tensor) -> tuple[np.ndarray, ...]:
+        """``boxes`` ``[B, D, 4]`` (input pixels), ``scores``, ``labels``, ``count``."""
+        return tuple(self.session.run(None, {"images": batch.cpu().numpy()}))
+
+    def postprocess(
+        self, outputs: tuple[np.ndarray, ...], sizes: Sequence[tuple[int, int]]
+    ) -> list[dict[str, np.ndarray]]:
+        boxes, scores, labels, counts = outputs
+        results = []
+        for index, ((height, width), count) in enumerate(zip(sizes, counts, strict=True)):
+            scale = np.array([width, height, width, height], np.float32) / self.image_size
+            results.append(
+                {
+                    "boxes": boxes[index, :count] * scale,
+                    "scores": scores[index, :count],
+                    "labels": labels[index, :count],
+                }
+            )
+        return results
 
 
 @dataclasses.dataclass
@@ -270,10 +330,10 @@ def predict(
                 continue
             synchronize(device)
             start = time.perf_counter()
-            loc, conf = pipeline.forward(batch["images"])
+            outputs = pipeline.forward(batch["images"])
             synchronize(device)
             middle = time.perf_counter()
-            detections = pipeline.postprocess(loc, conf, batch["orig_sizes"])
+            detections = pipeline.postprocess(outputs, batch["orig_sizes"])
             timing.forward_seconds += middle - start
             timing.postprocess_seconds += time.perf_counter() - middle
             timing.images += len(detections)

@@ -51,7 +51,9 @@ def postprocess(
     num_foreground = num_classes - 1
     scores = F.softmax(conf_logits.float(), dim=-1)[:, :, 1:]  # [B, P, C-1]
     per_class = min(pre_nms_topk, num_priors)
-    class_scores, class_priors = scores.transpose(1, 2).topk(per_class, dim=2)  # [B, C-1, K]
+    class_scores, class_priors = topk_lowest_first(
+        scores.transpose(1, 2), per_class, ordered=False
+    )  # [B, C-1, K]
     classes = torch.arange(num_foreground, device=scores.device)[None, :, None]
     candidate_scores = class_scores.reshape(batch_size, -1)  # [B, (C-1)*K]
     candidate_index = (class_priors * num_foreground + classes).reshape(batch_size, -1)
@@ -59,13 +61,13 @@ def postprocess(
     # No image has more than ``above`` candidates worth looking at.
     above = int((candidate_scores > score_threshold).sum(dim=1).max())
     budget = max(min(total, above, max_detections * 3 // 2), 1)
+    # Candidates ordered by prior * (C-1) + class, so that ties in score go to the lower
+    # prior, then the lower class.
+    candidate_index, order = candidate_index.sort(dim=1)
+    candidate_scores = candidate_scores.gather(1, order)
     while True:
-        top_scores, position = candidate_scores.topk(budget, dim=1)  # [B, M]
+        top_scores, position = topk_lowest_first(candidate_scores, budget)  # [B, M]
         top_index = candidate_index.gather(1, position)  # prior * (C-1) + class
-        # Ties in score: lower prior, then lower class first, whatever topk returned.
-        top_index, order = top_index.sort(dim=1)
-        top_scores, order = top_scores.gather(1, order).sort(dim=1, descending=True, stable=True)
-        top_index = top_index.gather(1, order)
         prior_index = top_index // num_foreground
         class_index = top_index % num_foreground  # [B, M], 0-based foreground class
         valid = top_scores > score_threshold
@@ -93,6 +95,29 @@ def postprocess(
         }
         for image, count in enumerate(counts)
     ]
+
+
+def topk_lowest_first(values: Tensor, k: int, *, ordered: bool = True) -> tuple[Tensor, Tensor]:
+    """The ``k`` largest of ``values`` ``[..., N]`` along the last axis where ties go to
+    the lower index, in which values are chosen and (``ordered``) in their order:
+    descending, then by index. ``Tensor.topk`` promises neither; ONNX's ``TopK`` does.
+
+    Returns ``[..., k]`` values and indices (in no particular order unless ``ordered``)."""
+    top, index = values.topk(k, dim=-1)
+    kth = top[..., -1:]
+    at_least = values >= kth
+    if not bool((at_least.sum(dim=-1) == k).all()):
+        # Some row has more values equal to its k-th than places: the lowest indices.
+        tied = values == kth
+        slots = k - (at_least & ~tied).sum(dim=-1, keepdim=True)
+        chosen = (at_least & ~tied) | (tied & (tied.cumsum(dim=-1) <= slots))
+        index = chosen.nonzero()[:, -1].reshape(index.shape)
+        top = values.gather(-1, index)
+    if not ordered:
+        return top, index
+    index, order = index.sort(dim=-1)
+    top, order = top.gather(-1, order).sort(dim=-1, descending=True, stable=True)
+    return top, index.gather(-1, order)
 
 
 def _per_class_nms(

@@ -126,3 +126,24 @@ def test_threshold_and_topk_decide_what_is_drawn(checkpoint, tiny_shapes_root):
     detector.threshold = 1.0
     drawn, _ = detector(image)
     assert np.array_equal(drawn, image)
+
+
+def test_onnxruntime_backend_draws_what_pytorch_draws(checkpoint, tiny_shapes_root, tmp_path):
+    pytest.importorskip("onnxruntime")
+    image = cv2.cvtColor(cv2.imread(str(tiny_shapes_root / "JPEGImages" / "val_000001.jpg")),
+                         cv2.COLOR_BGR2RGB)  # fmt: skip
+    results = {}
+    for backend in ("torch", "onnxruntime"):
+        arguments = ["--checkpoint", str(checkpoint), "x.jpg", "--topk", "20", "--backend", backend]
+        detector = demo.Detector(demo.parse_args(arguments))
+        _, results[backend] = detector(image)
+    ours, theirs = results["onnxruntime"], results["torch"]
+    assert len(theirs["scores"]) == 20
+    np.testing.assert_array_equal(ours["labels"], theirs["labels"])
+    np.testing.assert_allclose(ours["scores"], theirs["scores"], atol=1e-5)
+    np.testing.assert_allclose(ours["boxes"], theirs["boxes"], atol=1e-2)  # pixels
+    source = tiny_shapes_root / "JPEGImages" / "val_000002.jpg"
+    output = tmp_path / "onnx"
+    assert run_demo("--checkpoint", checkpoint, source, "--output", output,
+                    "--backend", "onnxruntime") == 0  # fmt: skip
+    assert (output / "val_000002.jpg").is_file()

@@ -1,9 +1,10 @@
+import numpy as np
 import pytest
 import torch
 
+from engine.export import DecodedDetector, export_end_to_end, export_onnx, onnxruntime_outputs
 from models.build import build_model, build_postprocessor
-from tests.conftest import TINY_MODEL, randomise_batchnorm
-from tools.export import DecodedDetector, export_onnx, onnxruntime_outputs
+from tests.conftest import REPO_ROOT, TINY_MODEL, randomise_batchnorm
 from utils.config import load_config
 
 pytest.importorskip("onnxruntime")
@@ -70,3 +71,88 @@ def test_export_command_writes_and_checks_the_model(tmp_path, capsys):
     num_priors = build_model(config).priors_cxcywh.shape[0]
     assert boxes.shape == (1, num_priors, 4) and scores.shape == (1, num_priors, 6)
     torch.testing.assert_close(scores.sum(-1), torch.ones(1, num_priors))
+
+
+def assert_same_detections(onnx_outputs, expected, image_size):
+    """ONNX Runtime's end-to-end outputs against PyTorch's post-processing: the same
+    count per image, scores to 1e-5 in the same order, the same labels and boxes (to
+    1e-4 of the image side) in that order. Scores within 1e-6 of each other may swap
+    places: the two runtimes' softmax can differ in the last bit."""
+    boxes, scores, labels, counts = (np.asarray(item) for item in onnx_outputs)
+    for index, detection in enumerate(expected):
+        count = len(detection["scores"])
+        assert counts[index] == count
+        want_scores = detection["scores"].numpy()
+        np.testing.assert_allclose(scores[index, :count], want_scores, atol=1e-5, rtol=0)
+        got = np.column_stack([labels[index, :count], boxes[index, :count] / image_size])
+        want = np.column_stack([detection["labels"].numpy(), detection["boxes"].numpy()])
+        unmatched = list(range(count))
+        for row in range(count):
+            near = [j for j in unmatched if abs(want_scores[j] - want_scores[row]) <= 1e-6]
+            match = next(
+                (j for j in near if got[row, 0] == want[j, 0]
+                 and np.abs(got[row, 1:] - want[j, 1:]).max() <= 1e-4),
+                None,
+            )  # fmt: skip
+            assert match is not None, f"image {index}, detection {row}: {got[row]} not found"
+            unmatched.remove(match)
+        # Rows past the count are zeros.
+        assert not scores[index, count:].any() and not labels[index, count:].any()
+
+
+def photos(shared_dir, size, count):
+    """``count`` shared VOC photos resized to the model's input, as a uint8 NCHW batch."""
+    import cv2
+
+    paths = sorted((shared_dir / "data" / "voc_mini" / "VOC2012" / "JPEGImages").glob("*.jpg"))
+    images = [cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB) for path in paths[:count]]
+    batch = np.stack([cv2.resize(image, (size, size)) for image in images])
+    return torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous()
+
+
+def end_to_end_check(model, config, path, images):
+    post = config.postprocess
+    export_end_to_end(
+        model,
+        path,
+        image_size=config.model.image_size,
+        variances=config.priors.variances,
+        score_threshold=post.score_threshold,
+        pre_nms_topk=post.pre_nms_topk,
+        nms_iou_threshold=post.nms_iou_threshold,
+        max_detections=post.max_detections,
+    )
+    with torch.no_grad():
+        expected = build_postprocessor(config, model.priors_cxcywh)(*model(images.float()))
+    assert_same_detections(onnxruntime_outputs(path, images), expected, config.model.image_size)
+    return expected
+
+
+def test_end_to_end_graph_gives_the_same_detections_as_pytorch(shared_dir, tmp_path):
+    # The quick-start architecture with random weights and BatchNorm statistics, on
+    # real photos; a low cap and top-k make both the per-class and per-image cuts bite.
+    config = load_config(
+        REPO_ROOT / "configs" / "quickstart_shapes.yaml",
+        ["postprocess.max_detections=50", "postprocess.pre_nms_topk=30"],
+    )
+    torch.manual_seed(0)
+    model = build_model(config).eval()
+    randomise_batchnorm(model)
+    images = photos(shared_dir, config.model.image_size, 5)
+    expected = end_to_end_check(model, config, tmp_path / "quickstart.onnx", images)
+    assert [len(item["scores"]) for item in expected] == [50] * 5
+    assert len({int(label) for item in expected for label in item["labels"]}) > 1
+
+
+def test_end_to_end_fssd300_with_random_weights(shared_dir, tmp_path):
+    config = load_config(REPO_ROOT / "configs" / "fssd300_voc.yaml")
+    torch.manual_seed(0)
+    model = build_model(config).eval()
+    randomise_batchnorm(model)
+    with torch.no_grad():  # spread the class scores, as a trained head does
+        for layer in model.head.modules():
+            if isinstance(layer, torch.nn.Conv2d) and layer.out_channels % 21 == 0:
+                layer.weight.mul_(40.0)
+    images = photos(shared_dir, 300, 2)
+    expected = end_to_end_check(model, config, tmp_path / "fssd300.onnx", images)
+    assert min(len(item["scores"]) for item in expected) > 20

@@ -12,6 +12,7 @@ from models.build import build_model, build_postprocessor
 from tests.conftest import TINY_MODEL, randomise_batchnorm
 from utils.config import load_config
 from utils.device import DeviceError, choose_device
+from utils.errors import UserError
 
 CPU = torch.device("cpu")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -194,3 +195,18 @@ def test_measure_takes_medians_per_part_and_of_each_calls_total():
     assert results["a"] == {"preprocess_ms": 2000.0, "forward_ms": 2000.0, "post_ms": 0.0,
                             "total_ms": 11000.0}  # fmt: skip
     assert results["b"]["total_ms"] == 3000.0
+
+
+def test_benchmark_times_the_end_to_end_onnx_graph(tmp_path):
+    pytest.importorskip("onnxruntime")
+    output = tmp_path / "bench.json"
+    arguments = ["--batch-size", "2", "--repeats", "1", "--warmup", "1", "--backend",
+                 "onnxruntime", "--input-size", "160x120", "--json", str(output)]  # fmt: skip
+    arguments += TINY_MODEL
+    assert benchmark.main(benchmark.parse_args(arguments)) == 0
+    results = json.loads(output.read_text())
+    assert set(results["batch_n"]) == {"ours (fssd, onnxruntime)"}
+    row = results["batch_n"]["ours (fssd, onnxruntime)"]
+    assert row["forward_ms"] > 0 and row["post_ms"] >= 0
+    with pytest.raises(UserError, match="--backend onnxruntime runs on the CPU"):
+        benchmark.build_pipeline(benchmark.parse_args([*arguments]), torch.device("cuda"))

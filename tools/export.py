@@ -1,94 +1,42 @@
-"""ONNX export of a detector, optionally with its box decoding and softmax.
+"""ONNX export of a detector: the network, with ``--decode`` its box decoding and softmax
+too, or with ``--end-to-end`` the whole detector, post-processing included.
 
     python -m tools.export --checkpoint runs/quickstart_shapes/best.pt --out model.onnx
     python -m tools.export --config configs/fssd300_voc.yaml --out fssd300.onnx --decode
+    python -m tools.export --checkpoint runs/quickstart_shapes/best.pt --out det.onnx \\
+        --end-to-end --check
 
-The graph takes ``images`` ``[B, 3, S, S]`` float RGB in 0..255 (the batch is dynamic)
-and returns ``loc`` ``[B, P, 4]`` and ``conf`` ``[B, P, C]`` logits, or with ``--decode``
-``boxes`` ``[B, P, 4]`` (normalised xyxy, clipped) and ``scores`` ``[B, P, C]``
-(softmax). Class-aware NMS with the per-class top-k and the per-image cap stays outside
-the graph: ONNX's NonMaxSuppression has neither, so it would not give our detections.
-``--fold-bn`` folds BatchNorm first. Needs ``onnx`` and ``onnxscript`` (and
-``onnxruntime`` for ``--check``), which are optional: ``pip install -r
-requirements-dev.txt``.
+The network graph takes ``images`` ``[B, 3, S, S]`` float RGB in 0..255 (the batch is
+dynamic) and returns ``loc`` ``[B, P, 4]`` and ``conf`` ``[B, P, C]`` logits, or with
+``--decode`` ``boxes`` ``[B, P, 4]`` (normalised xyxy, clipped) and ``scores``
+``[B, P, C]`` (softmax). The end-to-end graph takes ``uint8`` images and returns
+``boxes`` (input pixels), ``scores``, ``labels`` and ``count`` per image, with the
+config's post-processing (``postprocess.*``) inside: see ``engine/export.py``.
+``--fold-bn`` folds BatchNorm first; ``--check`` compares ONNX Runtime with PyTorch.
+Needs ``onnx``, ``onnxscript`` and ``onnxruntime``, which are optional: ``pip install
+-r requirements-dev.txt``.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 
+import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
+from engine.export import (
+    DecodedDetector,
+    export_end_to_end,
+    export_onnx,
+    onnxruntime_outputs,
+)
 from engine.inference import SpeedOptions, prepare_for_inference
 from engine.loading import build_model_to_run
-from layers.box_coding import decode
-from models.detector import SingleShotDetector
+from models.build import build_postprocessor
 from utils.cli import add_checkpoint_argument, add_config_arguments, run_command
 from utils.log import setup_logging
-
-logger = logging.getLogger(__name__)
-# The exporter's optimiser logs every deduplicated constant at INFO.
-logging.getLogger("onnx_ir").setLevel(logging.WARNING)
-
-
-class DecodedDetector(nn.Module):
-    """The detector followed by box decoding and the class softmax (no NMS).
-
-    Returns ``boxes`` ``[B, P, 4]`` normalised xyxy clipped to [0, 1] and ``scores``
-    ``[B, P, C]``, as :func:`layers.postprocess.postprocess` computes them before NMS.
-    """
-
-    def __init__(self, model: SingleShotDetector, variances: tuple[float, float]) -> None:
-        super().__init__()
-        self.model = model
-        self.variances = variances
-
-    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        loc, conf = self.model(images)
-        boxes = decode(loc, self.model.priors_cxcywh, self.variances).clamp(0.0, 1.0)
-        return boxes, F.softmax(conf, dim=-1)
-
-
-def export_onnx(
-    model: nn.Module, path: str | Path, image_size: int, *, output_names: list[str]
-) -> Path:
-    """Write ``model`` (in eval mode) as ONNX with a dynamic batch axis; returns the path."""
-    try:
-        import onnx  # noqa: F401  (the exporter needs it)
-        import onnxscript  # noqa: F401
-    except ImportError as error:
-        raise RuntimeError(
-            "ONNX export needs the optional packages onnx and onnxscript "
-            "(pip install -r requirements-dev.txt)"
-        ) from error
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    model.eval()
-    example = torch.rand(2, 3, image_size, image_size) * 255
-    program = torch.onnx.export(
-        model,
-        (example,),
-        input_names=["images"],
-        output_names=output_names,
-        dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1, max=1024)}},
-        dynamo=True,
-        external_data=False,
-    )
-    program.save(str(path))
-    return path
-
-
-def onnxruntime_outputs(path: str | Path, images: Tensor) -> list[Tensor]:
-    """Run an exported model with onnxruntime on the CPU."""
-    import onnxruntime
-
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    outputs = session.run(None, {"images": images.numpy()})
-    return [torch.from_numpy(output) for output in outputs]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -103,6 +51,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--decode", action="store_true", help="include box decoding and the class softmax"
     )
+    parser.add_argument(
+        "--end-to-end",
+        action="store_true",
+        help="the whole detector: uint8 images in, post-processed detections out",
+    )
     parser.add_argument("--fold-bn", action="store_true", help="fold BatchNorm into the convs")
     parser.add_argument(
         "--check", action="store_true", help="compare onnxruntime's outputs with PyTorch's"
@@ -114,6 +67,8 @@ def main(args: argparse.Namespace) -> int:
     setup_logging(is_main=True)
     config, model = build_model_to_run(args.config, args.overrides, args.checkpoint)
     prepare_for_inference(model, SpeedOptions(fold_bn=args.fold_bn))
+    if args.end_to_end:
+        return export_whole_detector(args, config, model)
     network: nn.Module = model
     names = ["loc", "conf"]
     if args.decode:
@@ -128,6 +83,50 @@ def main(args: argparse.Namespace) -> int:
         for name, got, want in zip(names, onnxruntime_outputs(path, images), expected, strict=True):
             difference = float((got - want).abs().max())
             print(f"{name}: max |onnxruntime - torch| = {difference:.3g}")
+    return 0
+
+
+def export_whole_detector(args: argparse.Namespace, config, model) -> int:
+    post = config.postprocess
+    size = config.model.image_size
+    path = export_end_to_end(
+        model,
+        args.out,
+        image_size=size,
+        variances=config.priors.variances,
+        score_threshold=post.score_threshold,
+        pre_nms_topk=post.pre_nms_topk,
+        nms_iou_threshold=post.nms_iou_threshold,
+        max_detections=post.max_detections,
+    )
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
+    if args.check:
+        generator = torch.Generator().manual_seed(0)
+        images = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8, generator=generator)
+        boxes, scores, labels, counts = (item.numpy() for item in onnxruntime_outputs(path, images))
+        with torch.no_grad():
+            expected = build_postprocessor(config, model.priors_cxcywh)(*model(images.float()))
+        box_error = score_error = 0.0
+        same = True
+        for index, detection in enumerate(expected):
+            count = len(detection["scores"])
+            same &= bool(counts[index] == count)
+            same &= bool(np.array_equal(labels[index, :count], detection["labels"].numpy()))
+            box_error = max(
+                box_error,
+                float(
+                    np.abs(boxes[index, :count] - detection["boxes"].numpy() * size).max(initial=0)
+                ),
+            )
+            score_error = max(
+                score_error,
+                float(np.abs(scores[index, :count] - detection["scores"].numpy()).max(initial=0)),
+            )
+        print(
+            f"onnxruntime vs torch on 2 random images: counts and labels in order "
+            f"{'equal' if same else 'DIFFER'}; max |box difference| {box_error:.3g} px, "
+            f"max |score difference| {score_error:.3g}"
+        )
     return 0
 
 

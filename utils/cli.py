@@ -75,6 +75,24 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--backend torch|onnxruntime`` and the ``--onnx`` file the latter may run."""
+    parser.add_argument(
+        "--backend",
+        choices=["torch", "onnxruntime"],
+        default="torch",
+        help="run the model in PyTorch (default) or as one end-to-end ONNX graph (network "
+        "and post-processing) in ONNX Runtime on the CPU",
+    )
+    parser.add_argument(
+        "--onnx",
+        type=Path,
+        default=None,
+        help="with --backend onnxruntime: an end-to-end export of the same model "
+        "(python -m tools.export --end-to-end); default: export it now",
+    )
+
+
 def add_speed_arguments(parser: argparse.ArgumentParser, *, all_paths: bool = False) -> None:
     """The inference speed paths (``engine.inference.SpeedOptions``) as flags: BatchNorm
     folding and NHWC; with ``all_paths`` also inference mode, compile, autocast and CUDA

@@ -1,0 +1,379 @@
+"""ONNX export: the network, the network with decoding and softmax, or the whole detector
+with its post-processing inside the graph (end to end).
+
+The end-to-end graph takes a ``uint8`` RGB batch ``[B, 3, S, S]`` at the model's input
+size and returns, per image, the ``max_detections`` best detections of the same
+post-processing as :func:`layers.postprocess.postprocess`: ``boxes`` ``[B, D, 4]``
+xyxy in the input's pixels, ``scores`` ``[B, D]`` (descending), ``labels`` ``[B, D]``
+(1..C-1) and ``count`` ``[B]`` (rows past an image's count are zeros). Inside it: the
+softmax and box decoding (exported from PyTorch), then ONNX ``TopK`` per class
+(``pre_nms_topk`` candidates), ``NonMaxSuppression`` per (image, class) with the score
+threshold, and a ``TopK`` over each image's survivors for the cap; ties in score go to
+the lower prior, then the lower class, as in PyTorch. The optional packages ``onnx``,
+``onnxscript`` and ``onnxruntime`` are needed (``requirements-dev.txt``).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from engine.inference import (
+    InferencePipeline,
+    OnnxRuntimePipeline,
+    SpeedOptions,
+    prepare_for_inference,
+)
+from layers.box_coding import decode
+from models.build import build_postprocessor
+from models.detector import SingleShotDetector
+from utils.config import Config
+from utils.device import DeviceError
+
+logger = logging.getLogger(__name__)
+# The exporter's optimiser logs every deduplicated constant and rewrite at INFO.
+for _name in ("onnx_ir", "onnxscript"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+
+
+class DecodedDetector(nn.Module):
+    """The detector followed by box decoding and the class softmax (no NMS).
+
+    Returns ``boxes`` ``[B, P, 4]`` normalised xyxy clipped to [0, 1] and ``scores``
+    ``[B, P, C]``, as :func:`layers.postprocess.postprocess` computes them before NMS.
+    """
+
+    def __init__(self, model: SingleShotDetector, variances: tuple[float, float]) -> None:
+        super().__init__()
+        self.model = model
+        self.variances = variances
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        loc, conf = self.model(images)
+        boxes = decode(loc, self.model.priors_cxcywh, self.variances).clamp(0.0, 1.0)
+        return boxes, F.softmax(conf, dim=-1)
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | Path,
+    image_size: int,
+    *,
+    output_names: list[str],
+    uint8_input: bool = False,
+) -> Path:
+    """Write ``model`` (in eval mode) as ONNX with a dynamic batch axis; returns the path."""
+    try:
+        import onnx  # noqa: F401  (the exporter needs it)
+        import onnxscript  # noqa: F401
+    except ImportError as error:
+        raise RuntimeError(
+            "ONNX export needs the optional packages onnx and onnxscript "
+            "(pip install -r requirements-dev.txt)"
+        ) from error
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.eval()
+    example = torch.rand(2, 3, image_size, image_size) * 255
+    if uint8_input:
+        example = example.to(torch.uint8)
+    program = torch.onnx.export(
+        model,
+        (example,),
+        input_names=["images"],
+        output_names=output_names,
+        dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1, max=1024)}},
+        dynamo=True,
+        external_data=False,
+    )
+    program.save(str(path))
+    return path
+
+
+def onnxruntime_outputs(path: str | Path, images: Tensor) -> list[Tensor]:
+    """Run an exported model with onnxruntime on the CPU."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    outputs = session.run(None, {"images": images.numpy()})
+    return [torch.from_numpy(output) for output in outputs]
+
+
+def postprocess_graph(
+    *,
+    num_priors: int,
+    num_classes: int,
+    image_size: int,
+    score_threshold: float,
+    pre_nms_topk: int,
+    nms_iou_threshold: float,
+    max_detections: int,
+    opset: int,
+):
+    """An ONNX graph from ``boxes`` ``[B, P, 4]`` (normalised xyxy) and ``scores``
+    ``[B, P, C]`` (softmax) to the detections of the module docstring."""
+    from onnx import TensorProto, helper
+
+    foreground = num_classes - 1
+    per_class = min(pre_nms_topk, num_priors)
+    kept = min(max_detections, num_priors * foreground)
+
+    def const(name: str, value, dtype=np.int64):
+        array = np.asarray(value, dtype=dtype)
+        return helper.make_node(
+            "Constant", [], [name], value=helper.make_tensor(name, _onnx_type(array), array.shape,
+                                                            array.flatten().tolist())
+        )  # fmt: skip
+
+    nodes = [
+        const("c_one", [1]),
+        const("c_classes", [num_classes]),
+        const("c_two", [2]),
+        const("c_k", [per_class]),
+        const("c_keep", [kept]),
+        const("c_fg", foreground),
+        const("c_minus_one_vec", [-1]),
+        const("c_flat_shape", [-1, per_class]),
+        const("c_nms_shape", [-1, per_class, 4]),
+        const("c_nms_scores_shape", [-1, 1, per_class]),
+        const("c_dense_width", [num_priors * foreground]),
+        const("c_max_out", [per_class]),
+        const("c_iou", [nms_iou_threshold], np.float32),
+        const("c_score", [score_threshold], np.float32),
+        const("c_ranks", np.arange(per_class, 0, -1), np.float32),
+        const("c_half", [0.5], np.float32),
+        const("c_scale", [float(image_size)], np.float32),
+        const("c_zero_f", 0.0, np.float32),
+        const("c_zero_i", 0),
+        const("c_no_score", [-1.0], np.float32),
+        const("c_label_offset", 1),
+        # Foreground scores per class: [B, C-1, P]; the best K per class.
+        helper.make_node("Slice", ["scores", "c_one", "c_classes", "c_two"], ["fg"]),
+        helper.make_node("Transpose", ["fg"], ["fg_t"], perm=[0, 2, 1]),
+        helper.make_node("TopK", ["fg_t", "c_k"], ["cand_scores", "cand_priors"], axis=2),
+        # Their boxes: [B, (C-1)*K, 4] -> one NMS batch entry per (image, class).
+        helper.make_node("Shape", ["boxes"], ["boxes_shape"]),
+        helper.make_node("Slice", ["boxes_shape", "c_zero_vec", "c_one"], ["batch"]),
+        helper.make_node("Concat", ["batch", "c_minus_one_vec", "c_one"], ["gather_shape"], axis=0),
+        helper.make_node("Reshape", ["cand_priors", "gather_shape"], ["cand_priors_col"]),
+        helper.make_node("GatherND", ["boxes", "cand_priors_col"], ["cand_boxes"], batch_dims=1),
+        helper.make_node("Reshape", ["cand_boxes", "c_nms_shape"], ["nms_boxes"]),
+        # NMS sees ranks, not scores: K, K-1, ..., 1 in TopK's order (score, then lower
+        # prior), 0 below the score threshold. ONNX Runtime's NMS breaks ties in score in
+        # no set order; with ranks there are none, and the greedy order is PyTorch's.
+        helper.make_node("Greater", ["cand_scores", "c_score"], ["cand_valid"]),
+        helper.make_node("Where", ["cand_valid", "c_ranks", "c_zero_f"], ["cand_ranks"]),
+        helper.make_node("Reshape", ["cand_ranks", "c_nms_scores_shape"], ["nms_scores"]),
+        helper.make_node(
+            "NonMaxSuppression",
+            ["nms_boxes", "nms_scores", "c_max_out", "c_iou", "c_half"],
+            ["selected"],
+        ),
+        # selected [N, 3] = (image * (C-1) + class, 0, k): back to image, class, prior.
+        helper.make_node("Gather", ["selected", "c_zero_i"], ["entry"], axis=1),
+        helper.make_node("Div", ["entry", "c_fg"], ["image"]),
+        helper.make_node("Mod", ["entry", "c_fg"], ["class"]),
+        helper.make_node("Gather", ["selected", "c_two_scalar"], ["slot"], axis=1),
+        helper.make_node("Unsqueeze", ["entry", "c_minus_one_vec"], ["entry_col"]),
+        helper.make_node("Unsqueeze", ["slot", "c_minus_one_vec"], ["slot_col"]),
+        helper.make_node("Concat", ["entry_col", "slot_col"], ["entry_slot"], axis=1),
+        helper.make_node("Reshape", ["cand_priors", "c_flat_shape"], ["flat_priors"]),
+        helper.make_node("Reshape", ["cand_scores", "c_flat_shape"], ["flat_scores"]),
+        helper.make_node("GatherND", ["flat_priors", "entry_slot"], ["prior"]),
+        helper.make_node("GatherND", ["flat_scores", "entry_slot"], ["survivor_score"]),
+        # Survivors scattered to [B, P*(C-1)] at prior * (C-1) + class (the rest -1):
+        # TopK then ranks by score, ties to the lower prior, then the lower class.
+        helper.make_node("Mul", ["prior", "c_fg"], ["prior_base"]),
+        helper.make_node("Add", ["prior_base", "class"], ["position"]),
+        helper.make_node("Unsqueeze", ["image", "c_minus_one_vec"], ["image_col"]),
+        helper.make_node("Unsqueeze", ["position", "c_minus_one_vec"], ["position_col"]),
+        helper.make_node("Concat", ["image_col", "position_col"], ["dense_index"], axis=1),
+        helper.make_node("Concat", ["batch", "c_dense_width"], ["dense_shape"], axis=0),
+        helper.make_node(
+            "ConstantOfShape",
+            ["dense_shape"],
+            ["empty"],
+            value=helper.make_tensor("minus_one", TensorProto.FLOAT, [1], [-1.0]),
+        ),
+        helper.make_node("ScatterND", ["empty", "dense_index", "survivor_score"], ["dense"]),
+        helper.make_node("TopK", ["dense", "c_keep"], ["best_scores", "best_position"], axis=1),
+        helper.make_node("Greater", ["best_scores", "c_no_score"], ["valid"]),
+        helper.make_node("Cast", ["valid"], ["valid_int"], to=TensorProto.INT64),
+        helper.make_node("ReduceSum", ["valid_int", "c_one"], ["count"], keepdims=0),
+        helper.make_node("Div", ["best_position", "c_fg"], ["best_prior"]),
+        helper.make_node("Mod", ["best_position", "c_fg"], ["best_class"]),
+        helper.make_node("Add", ["best_class", "c_label_offset"], ["best_label"]),
+        helper.make_node("Unsqueeze", ["best_prior", "c_minus_one_vec"], ["best_prior_col"]),
+        helper.make_node("GatherND", ["boxes", "best_prior_col"], ["best_boxes"], batch_dims=1),
+        helper.make_node("Mul", ["best_boxes", "c_scale"], ["best_pixels"]),
+        helper.make_node("Unsqueeze", ["valid", "c_minus_one_vec"], ["valid_col"]),
+        helper.make_node("Where", ["valid_col", "best_pixels", "c_zero_f"], ["detection_boxes"]),
+        helper.make_node("Where", ["valid", "best_scores", "c_zero_f"], ["detection_scores"]),
+        helper.make_node("Where", ["valid", "best_label", "c_zero_i"], ["detection_labels"]),
+    ]
+    nodes[:0] = [const("c_zero_vec", [0]), const("c_two_scalar", 2)]
+    graph = helper.make_graph(
+        nodes,
+        "postprocess",
+        [
+            helper.make_tensor_value_info("boxes", TensorProto.FLOAT, ["batch", num_priors, 4]),
+            helper.make_tensor_value_info(
+                "scores", TensorProto.FLOAT, ["batch", num_priors, num_classes]
+            ),
+        ],
+        [
+            helper.make_tensor_value_info("detection_boxes", TensorProto.FLOAT, ["batch", kept, 4]),
+            helper.make_tensor_value_info("detection_scores", TensorProto.FLOAT, ["batch", kept]),
+            helper.make_tensor_value_info("detection_labels", TensorProto.INT64, ["batch", kept]),
+            helper.make_tensor_value_info("count", TensorProto.INT64, ["batch"]),
+        ],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _onnx_type(array: np.ndarray) -> int:
+    from onnx import TensorProto
+
+    return {np.dtype(np.int64): TensorProto.INT64, np.dtype(np.float32): TensorProto.FLOAT}[
+        array.dtype
+    ]
+
+
+class _Uint8Input(nn.Module):
+    """``uint8`` images in, the float pixels the detector takes."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        return self.network(images.float())
+
+
+END_TO_END_OUTPUTS = ("boxes", "scores", "labels", "count")
+
+
+def export_end_to_end(
+    model: SingleShotDetector,
+    path: str | Path,
+    *,
+    image_size: int,
+    variances: tuple[float, float],
+    score_threshold: float,
+    pre_nms_topk: int,
+    nms_iou_threshold: float,
+    max_detections: int,
+) -> Path:
+    """Write the whole detector (module docstring) as one ONNX file; returns the path."""
+    import onnx
+    from onnx import compose
+
+    path = Path(path)
+    with tempfile.TemporaryDirectory() as folder:
+        network_path = export_onnx(
+            _Uint8Input(DecodedDetector(model, variances)),
+            Path(folder) / "network.onnx",
+            image_size,
+            output_names=["decoded_boxes", "class_scores"],
+            uint8_input=True,
+        )
+        network = onnx.load(str(network_path))
+    opset = next(item.version for item in network.opset_import if item.domain in ("", "ai.onnx"))
+    num_priors, num_classes = (
+        int(model.priors_cxcywh.shape[0]),
+        int(model.head.num_classes),
+    )
+    post = postprocess_graph(
+        num_priors=num_priors,
+        num_classes=num_classes,
+        image_size=image_size,
+        score_threshold=score_threshold,
+        pre_nms_topk=pre_nms_topk,
+        nms_iou_threshold=nms_iou_threshold,
+        max_detections=max_detections,
+        opset=opset,
+    )
+    post.ir_version = network.ir_version
+    merged = compose.merge_models(
+        network,
+        post,
+        io_map=[("decoded_boxes", "boxes"), ("class_scores", "scores")],
+        prefix2="post/",
+    )
+    renames = {f"post/detection_{name}": name for name in ("boxes", "scores", "labels")}
+    renames["post/count"] = "count"
+    for output in merged.graph.output:
+        new_name = renames[output.name]
+        for node in merged.graph.node:
+            node.output[:] = [new_name if item == output.name else item for item in node.output]
+        output.name = new_name
+    onnx.checker.check_model(merged)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(merged, str(path))
+    return path
+
+
+def end_to_end_pipeline(
+    model: SingleShotDetector,
+    config: Config,
+    *,
+    onnx_path: str | Path | None = None,
+    threads: int | None = None,
+) -> OnnxRuntimePipeline:
+    """The ONNX Runtime pipeline of ``model``: from ``onnx_path`` when given (an
+    end-to-end export of it), else exported now with the config's post-processing
+    into a temporary folder removed at exit."""
+    if onnx_path is None:
+        folder = Path(tempfile.mkdtemp(prefix="fssd_onnx_"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        post = config.postprocess
+        onnx_path = export_end_to_end(
+            model.eval(),
+            folder / "detector.onnx",
+            image_size=config.model.image_size,
+            variances=config.priors.variances,
+            score_threshold=post.score_threshold,
+            pre_nms_topk=post.pre_nms_topk,
+            nms_iou_threshold=post.nms_iou_threshold,
+            max_detections=post.max_detections,
+        )
+        logger.info("exported the detector end to end to %s", onnx_path)
+    return OnnxRuntimePipeline(
+        onnx_path, image_size=config.model.image_size, model=model, threads=threads
+    )
+
+
+def build_pipeline(
+    model: SingleShotDetector,
+    config: Config,
+    *,
+    backend: str,
+    device: torch.device,
+    options: SpeedOptions,
+    onnx_path: str | Path | None = None,
+) -> InferencePipeline:
+    """The pipeline a script runs: PyTorch's with ``options`` on ``device``, or
+    (``backend="onnxruntime"``) the end-to-end ONNX graph in ONNX Runtime on the CPU,
+    exported from ``model`` after BatchNorm folding when ``options.fold_bn``."""
+    if backend == "torch":
+        return InferencePipeline(
+            model,
+            build_postprocessor(config, model.priors_cxcywh),
+            image_size=config.model.image_size,
+            device=device,
+            options=options,
+        )
+    if backend != "onnxruntime":
+        raise ValueError(f"unknown backend {backend!r}: torch or onnxruntime")
+    if device.type != "cpu":
+        raise DeviceError(f"--backend onnxruntime runs on the CPU; the device is {device}")
+    model = prepare_for_inference(model, SpeedOptions(fold_bn=options.fold_bn))
+    return end_to_end_pipeline(model, config, onnx_path=onnx_path)

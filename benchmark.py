@@ -23,13 +23,15 @@ time over its time.
 
 ``--backend onnxruntime`` times ours as one end-to-end ONNX graph in ONNX Runtime on the
 CPU (``engine/export.py``): its ``forward`` then includes the post-processing, and
-``post`` is only the conversion to each image's pixels. torchvision's model keeps
-running in PyTorch with the speed flags given.
+``post`` is only the conversion to each image's pixels; ``--int8`` quantizes it
+(``engine/quantize.py``), calibrated on ``--calibration-images`` of the timed images.
+torchvision's model keeps running in PyTorch with the speed flags given.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import logging
@@ -107,9 +109,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_backend_arguments(parser)
     parser.add_argument(
         "--compare",
-        choices=["torchvision"],
-        default=None,
-        help="also time torchvision's ssd300_vgg16 on the same inputs, interleaved",
+        nargs="+",
+        choices=["torchvision", *OUR_VARIANTS],
+        default=[],
+        help="also time, on the same inputs and interleaved: torchvision's ssd300_vgg16, "
+        "and/or ours again as the end-to-end ONNX graph in ONNX Runtime (onnxruntime) or "
+        "its int8 version (onnxruntime-int8)",
     )
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     return parser.parse_intermixed_args(argv)
@@ -272,17 +277,32 @@ def measure(
     return results
 
 
-def build_pipeline(args: argparse.Namespace, device: torch.device) -> tuple[InferencePipeline, Any]:
-    config, model = build_model_to_run(args.config, args.overrides, args.checkpoint)
-    pipeline = build_export_pipeline(
+def build_pipeline(
+    args: argparse.Namespace,
+    device: torch.device,
+    config: Any,
+    model: nn.Module,
+    *,
+    backend: str,
+    int8: bool,
+) -> InferencePipeline:
+    def calibration() -> list[np.ndarray]:
+        # The timed images themselves (--images, else random ones): the weights may be
+        # random too, and no training set is needed.
+        size = config.model.image_size
+        images = load_images(args.images, args.input_size, args.calibration_images, args.seed)
+        resized = np.stack([cv2.resize(image, (size, size)) for image in images])
+        return [np.ascontiguousarray(resized.transpose(0, 3, 1, 2))]
+
+    return build_export_pipeline(
         model,
         config,
-        backend=args.backend,
+        backend=backend,
         device=device,
         options=speed_options(args),
-        onnx_path=args.onnx,
+        onnx_path=args.onnx if backend == args.backend else None,
+        calibration=calibration if int8 else None,
     )
-    return pipeline, config
 
 
 def print_table(results: dict[str, Any]) -> None:
@@ -333,21 +353,33 @@ def matmul_gflops(device: torch.device, size: int = 2048, repeats: int = 5) -> f
     return 2 * size**3 / statistics.median(times) / 1e9
 
 
+# --compare choices that time ours again on another backend: (backend, int8).
+OUR_VARIANTS = {"onnxruntime": ("onnxruntime", False), "onnxruntime-int8": ("onnxruntime", True)}
+
+
 def build_runners(
     args: argparse.Namespace, device: torch.device
 ) -> tuple[list[Runner], Any, InferencePipeline]:
-    """Ours and, with ``--compare torchvision``, torchvision's SSD300 with the same speed
-    paths (:func:`peer_options`) and the config's class count; the config and our
-    pipeline."""
-    pipeline, config = build_pipeline(args, device)
-    backend = "" if args.backend == "torch" else f", {args.backend}"
-    name = f"ours ({config.model.architecture}{backend})"
-    runners: list[Runner] = [PipelineRunner(name, pipeline, config.model.num_classes)]
-    if args.compare == "torchvision":
+    """Ours (``--backend``, ``--int8``), ours again on each backend ``--compare`` names,
+    and with ``--compare torchvision`` torchvision's SSD300 with the same speed paths
+    (:func:`peer_options`) and the config's class count; the config and our first
+    pipeline. Every variant of ours runs the same weights."""
+    config, model = build_model_to_run(args.config, args.overrides, args.checkpoint)
+    variants = [(args.backend, args.int8)]
+    variants += [OUR_VARIANTS[name] for name in args.compare if name in OUR_VARIANTS]
+    runners: list[Runner] = []
+    for backend, int8 in dict.fromkeys(variants):
+        pipeline = build_pipeline(
+            args, device, config, copy.deepcopy(model), backend=backend, int8=int8
+        )
+        label = "" if backend == "torch" else f", {backend}{' int8' if int8 else ''}"
+        name = f"ours ({config.model.architecture}{label})"
+        runners.append(PipelineRunner(name, pipeline, config.model.num_classes))
+    if "torchvision" in args.compare:
         runners.append(
             TorchvisionRunner(device, peer_options(speed_options(args)), config.model.num_classes)
         )
-    return runners, config, pipeline
+    return runners, config, runners[0].pipeline
 
 
 def describe(runner: Runner) -> dict[str, Any]:
@@ -395,20 +427,33 @@ def main(args: argparse.Namespace) -> int:
     for key, batch in (("batch_1", 1), ("batch_n", args.batch_size)):
         for name, row in results[key].items():
             row["forward_gflops_per_s"] = models[name]["gflops"] * batch / row["forward_ms"] * 1e3
-    if len(runners) == 2:
-        ours, theirs = (runner.name for runner in runners)
-        results["ratios"] = [
-            f"{key.replace('_', ' ')}: {part} ours/torchvision = "
-            f"{results[key][ours][part] / results[key][theirs][part]:.3f}"
-            for key in ("batch_1", "batch_n")
-            for part in ("total_ms", "forward_ms", "post_ms")
-        ]
+    results["ratios"] = ratio_lines(results, [runner.name for runner in runners])
     print_table(results)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2), encoding="utf-8")
         print(f"wrote {args.json}")
     return 0
+
+
+def ratio_lines(results: dict[str, Any], names: list[str]) -> list[str]:
+    """Each of our variants against torchvision's SSD300 (when timed) and against our
+    first variant: total, forward and post-processing times."""
+    ours = [name for name in names if name.startswith("ours")]
+    references = [name for name in names if not name.startswith("ours")] + ours[:1]
+    lines = []
+    for reference in references:
+        for name in ours:
+            if name == reference:
+                continue
+            for key in ("batch_1", "batch_n"):
+                rows = results[key]
+                parts = ", ".join(
+                    f"{part.removesuffix('_ms')} {rows[name][part] / rows[reference][part]:.3f}"
+                    for part in ("total_ms", "forward_ms", "post_ms")
+                )
+                lines.append(f"{key.replace('_', ' ')}: {name} / {reference}: {parts}")
+    return lines
 
 
 def cpu_flags() -> str:

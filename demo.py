@@ -28,6 +28,7 @@ from data.records import IMAGE_EXTENSIONS, BadSampleError, read_image
 from engine.export import build_pipeline
 from engine.inference import speed_options
 from engine.loading import load_trained_model
+from engine.quantize import int8_calibration
 from utils.cli import (
     add_backend_arguments,
     add_checkpoint_argument,
@@ -102,6 +103,7 @@ class Detector:
             device=choose_device(args.device, origin="--device"),
             options=speed_options(args, inference_mode=True),
             onnx_path=args.onnx,
+            calibration=int8_calibration(args, config),
         )
         self.threshold = args.threshold
         self.output_dir = Path(config.train.output_dir) / "demo"

@@ -26,7 +26,13 @@ from data.records import AnnotationRecord
 from data.sources import read_records, resolve_class_names
 from engine.evaluation import Evaluator, plot_pr_curves, write_metrics
 from utils.checkpoint import config_and_checkpoint
-from utils.cli import add_config_arguments, add_device_argument, add_speed_arguments, run_command
+from utils.cli import (
+    add_backend_arguments,
+    add_config_arguments,
+    add_device_argument,
+    add_speed_arguments,
+    run_command,
+)
 from utils.config import Config, ConfigError
 from utils.log import setup_logging
 from utils.timing import StageTimer, seconds_since_process_start
@@ -67,6 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     add_speed_arguments(parser)
     add_device_argument(parser)
+    add_backend_arguments(parser)
     # Overrides may come before or after the options.
     return parser.parse_intermixed_args(argv)
 
@@ -95,9 +102,11 @@ def run_model(
 ) -> tuple[list[dict[str, Any] | None], dict[str, Any]]:
     """Detections (per record, pixels) of the model and its speed."""
     from data.loader import build_dataset, build_eval_loader
-    from engine.inference import InferencePipeline, predict, speed_options
+    from engine.export import build_pipeline
+    from engine.inference import predict, speed_options
     from engine.loading import build_trained_model
-    from models.build import build_model, build_postprocessor
+    from engine.quantize import int8_calibration
+    from models.build import build_model
     from utils.device import choose_device
 
     if args.checkpoint is None and not config.model.weights:
@@ -107,16 +116,20 @@ def run_model(
         model = build_trained_model(config, args.checkpoint, checkpoint)
     else:
         model = build_model(config)
-    pipeline = InferencePipeline(
+    pipeline = build_pipeline(
         model,
-        build_postprocessor(config, model.priors_cxcywh),
-        image_size=config.model.image_size,
+        config,
+        backend=args.backend,
         device=device,
         options=speed_options(args, inference_mode=True),
+        onnx_path=args.onnx,
+        calibration=int8_calibration(args, config),
     )
     dataset = build_dataset(config, "val", class_names, records)
     detections, timing = predict(pipeline, build_eval_loader(dataset, config))
-    speed = {**timing.ms_per_image(), "device": str(device), "batch_size": config.eval.batch_size}
+    backend = args.backend + (" int8" if args.int8 else "")
+    speed = {**timing.ms_per_image(), "device": f"{pipeline.device}, {backend}",
+             "batch_size": config.eval.batch_size}  # fmt: skip
     return detections, speed
 
 

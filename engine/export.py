@@ -19,6 +19,7 @@ import atexit
 import logging
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,7 @@ from engine.inference import (
 from layers.box_coding import decode
 from models.build import build_postprocessor
 from models.detector import SingleShotDetector
-from utils.config import Config
+from utils.config import Config, ConfigError
 from utils.device import DeviceError
 
 logger = logging.getLogger(__name__)
@@ -274,7 +275,7 @@ def export_end_to_end(
 ) -> Path:
     """Write the whole detector (module docstring) as one ONNX file; returns the path."""
     import onnx
-    from onnx import compose
+    from onnx import compose, helper
 
     path = Path(path)
     with tempfile.TemporaryDirectory() as folder:
@@ -308,6 +309,12 @@ def export_end_to_end(
         io_map=[("decoded_boxes", "boxes"), ("class_scores", "scores")],
         prefix2="post/",
     )
+    # The two graphs import the same opset; keep one entry per domain.
+    imports = {item.domain or "": item.version for item in merged.opset_import}
+    del merged.opset_import[:]
+    merged.opset_import.extend(
+        helper.make_opsetid(domain, version) for domain, version in imports.items()
+    )
     renames = {f"post/detection_{name}": name for name in ("boxes", "scores", "labels")}
     renames["post/count"] = "count"
     for output in merged.graph.output:
@@ -326,14 +333,17 @@ def end_to_end_pipeline(
     config: Config,
     *,
     onnx_path: str | Path | None = None,
+    calibration: Callable[[], list[np.ndarray]] | None = None,
     threads: int | None = None,
 ) -> OnnxRuntimePipeline:
     """The ONNX Runtime pipeline of ``model``: from ``onnx_path`` when given (an
     end-to-end export of it), else exported now with the config's post-processing
-    into a temporary folder removed at exit."""
+    into a temporary folder removed at exit. With ``calibration`` (a function giving
+    the calibration batches) the graph is quantized to int8 first
+    (:mod:`engine.quantize`)."""
+    folder = Path(tempfile.mkdtemp(prefix="fssd_onnx_"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
     if onnx_path is None:
-        folder = Path(tempfile.mkdtemp(prefix="fssd_onnx_"))
-        atexit.register(shutil.rmtree, folder, ignore_errors=True)
         post = config.postprocess
         onnx_path = export_end_to_end(
             model.eval(),
@@ -346,6 +356,10 @@ def end_to_end_pipeline(
             max_detections=post.max_detections,
         )
         logger.info("exported the detector end to end to %s", onnx_path)
+    if calibration is not None:
+        from engine.quantize import quantize_end_to_end
+
+        onnx_path = quantize_end_to_end(onnx_path, folder / "detector_int8.onnx", calibration())
     return OnnxRuntimePipeline(
         onnx_path, image_size=config.model.image_size, model=model, threads=threads
     )
@@ -359,11 +373,15 @@ def build_pipeline(
     device: torch.device,
     options: SpeedOptions,
     onnx_path: str | Path | None = None,
+    calibration: Callable[[], list[np.ndarray]] | None = None,
 ) -> InferencePipeline:
     """The pipeline a script runs: PyTorch's with ``options`` on ``device``, or
     (``backend="onnxruntime"``) the end-to-end ONNX graph in ONNX Runtime on the CPU,
-    exported from ``model`` after BatchNorm folding when ``options.fold_bn``."""
+    exported from ``model`` after BatchNorm folding when ``options.fold_bn``, and
+    quantized to int8 with ``calibration``."""
     if backend == "torch":
+        if calibration is not None:
+            raise ConfigError("--int8 runs in ONNX Runtime: add --backend onnxruntime")
         return InferencePipeline(
             model,
             build_postprocessor(config, model.priors_cxcywh),
@@ -376,4 +394,4 @@ def build_pipeline(
     if device.type != "cpu":
         raise DeviceError(f"--backend onnxruntime runs on the CPU; the device is {device}")
     model = prepare_for_inference(model, SpeedOptions(fold_bn=options.fold_bn))
-    return end_to_end_pipeline(model, config, onnx_path=onnx_path)
+    return end_to_end_pipeline(model, config, onnx_path=onnx_path, calibration=calibration)

@@ -46,7 +46,7 @@ from utils.checkpoint import (
     save_checkpoint,
 )
 from utils.config import Config, ConfigError, config_to_yaml, save_config
-from utils.device import AUTOCAST_DTYPES, choose_device
+from utils.device import amp_dtype, choose_device
 from utils.distributed import DistributedContext, barrier, broadcast_from_main
 from utils.errors import user_message
 from utils.log import MetricsWriter
@@ -82,7 +82,7 @@ class TrainingRun:
             config.train.device, local_rank=context.local_rank, origin="train.device"
         )
         self.output_dir = Path(config.train.output_dir)
-        self.autocast_dtype = AUTOCAST_DTYPES[config.train.amp]
+        self.autocast_dtype = amp_dtype(config.train.amp)
         if self.autocast_dtype is not None and self.device.type != "cuda":
             logger.warning("train.amp=%s needs CUDA; training in float32", config.train.amp)
             self.autocast_dtype = None

@@ -296,6 +296,19 @@ def test_test_script_writes_results_and_rescores_them(tiny_shapes_root, tmp_path
     folded_map = json.loads((folded / "metrics.json").read_text())["mAP"]
     assert folded_map == pytest.approx(metrics["mAP"], abs=1e-3)
     assert "mAP" in capsys.readouterr().out
+    # The end-to-end ONNX graph gives PyTorch's detections, so PyTorch's mAP; its int8
+    # version runs through the same command (calibrated on 4 training images).
+    pytest.importorskip("onnxruntime")
+    for extra in ([], ["--int8", "--calibration-images", "4"]):
+        directory = tmp_path / f"onnxruntime{len(extra)}"
+        arguments = ["--checkpoint", str(output / "best.pt"), "--results-dir", str(directory)]
+        arguments += ["--no-plots", "--backend", "onnxruntime", *extra]
+        assert test_script.main(test_script.parse_args(arguments)) == 0
+        onnx_metrics = json.loads((directory / "metrics.json").read_text())
+        assert onnx_metrics["speed"]["device"] == f"cpu, onnxruntime{' int8' if extra else ''}"
+        if not extra:
+            assert onnx_metrics["mAP"] == pytest.approx(metrics["mAP"], abs=1e-6)
+        assert 0.0 <= onnx_metrics["mAP"] <= 1.0
 
 
 def test_coco_metric_during_training_equals_test_script(tiny_shapes_root, tmp_path):

@@ -156,3 +156,47 @@ def test_end_to_end_fssd300_with_random_weights(shared_dir, tmp_path):
     images = photos(shared_dir, 300, 2)
     expected = end_to_end_check(model, config, tmp_path / "fssd300.onnx", images)
     assert min(len(item["scores"]) for item in expected) > 20
+
+
+def matched_iou(fp32_boxes, int8_boxes):
+    """Mean IoU of each float32 box with its best int8 box (torchvision.ops.box_iou)."""
+    from torchvision.ops import box_iou
+
+    iou = box_iou(torch.as_tensor(fp32_boxes), torch.as_tensor(int8_boxes))
+    return float(iou.max(dim=1).values.mean())
+
+
+def test_int8_graph_quantizes_the_convolutions_only(shared_dir, tmp_path):
+    import onnx
+
+    from engine.quantize import quantize_end_to_end
+
+    config = load_config(REPO_ROOT / "configs" / "quickstart_shapes.yaml")
+    torch.manual_seed(0)
+    model = build_model(config).eval()
+    randomise_batchnorm(model)
+    images = photos(shared_dir, config.model.image_size, 8)
+    end_to_end_check(model, config, tmp_path / "fp32.onnx", images[:2])
+    int8 = quantize_end_to_end(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", [images.numpy()])
+    graph = onnx.load(str(int8)).graph
+    producers = {output: node for node in graph.node for output in node.output}
+    initializers = {item.name: item for item in graph.initializer}
+    convs = [node for node in graph.node if node.op_type == "Conv"]
+    assert len(convs) == sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    for conv in convs:
+        # Input and weight come dequantized from int8; the weight scales are per channel.
+        data, weight = (producers[name] for name in conv.input[:2])
+        assert data.op_type == weight.op_type == "DequantizeLinear"
+        quantized_weight = initializers[weight.input[0]]
+        assert quantized_weight.data_type == onnx.TensorProto.INT8
+        assert tuple(initializers[weight.input[1]].dims) == (quantized_weight.dims[0],)
+        assert len(initializers[data.input[1]].dims) == 0  # activations: one scale per tensor
+    for node in graph.node:  # softmax, decoding and the post-processing stay float32
+        if node.op_type in ("Softmax", "Exp", "TopK", "NonMaxSuppression"):
+            assert all(producers.get(name, node).op_type != "DequantizeLinear"
+                       for name in node.input)  # fmt: skip
+    # Its detections land where float32's do.
+    fp32 = onnxruntime_outputs(tmp_path / "fp32.onnx", images)
+    quantized = onnxruntime_outputs(int8, images)
+    for index in range(len(images)):
+        assert matched_iou(fp32[0][index, :10], quantized[0][index, :10]) > 0.8

@@ -151,7 +151,10 @@ def test_benchmark_script_against_torchvision(tmp_path, capsys):
             rate = results["models"][name]["gflops"] * batch / row["forward_ms"] * 1e3
             assert row["forward_gflops_per_s"] == pytest.approx(rate)
     printed = capsys.readouterr().out
-    assert "total_ms ours/torchvision" in printed and "fp32 matmul" in printed
+    rows = results["batch_1"]
+    ratio = rows["ours (fssd)"]["total_ms"] / rows["torchvision ssd300_vgg16"]["total_ms"]
+    assert f"batch 1: ours (fssd) / torchvision ssd300_vgg16: total {ratio:.3f}, " in printed
+    assert "fp32 matmul" in printed
 
 
 @pytest.mark.parametrize("compile_network", [False, True])
@@ -208,5 +211,13 @@ def test_benchmark_times_the_end_to_end_onnx_graph(tmp_path):
     assert set(results["batch_n"]) == {"ours (fssd, onnxruntime)"}
     row = results["batch_n"]["ours (fssd, onnxruntime)"]
     assert row["forward_ms"] > 0 and row["post_ms"] >= 0
+    config = load_config(None, TINY_MODEL)
     with pytest.raises(UserError, match="--backend onnxruntime runs on the CPU"):
-        benchmark.build_pipeline(benchmark.parse_args([*arguments]), torch.device("cuda"))
+        benchmark.build_pipeline(
+            benchmark.parse_args(arguments),
+            torch.device("cuda"),
+            config,
+            build_model(config),
+            backend="onnxruntime",
+            int8=False,
+        )

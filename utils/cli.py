@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from utils.config import AT_LEAST_ONE, PROBABILITY, Range
-from utils.device import AUTOCAST_DTYPES, DEVICE_CHOICES
+from utils.device import AMP_CHOICES, DEVICE_CHOICES
 from utils.errors import UserError, user_message
 
 
@@ -91,6 +91,18 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --backend onnxruntime: an end-to-end export of the same model "
         "(python -m tools.export --end-to-end); default: export it now",
     )
+    parser.add_argument(
+        "--int8",
+        action="store_true",
+        help="with --backend onnxruntime: quantize the convolutions to int8 (weights per "
+        "channel, activations per tensor; post-processing stays float32)",
+    )
+    parser.add_argument(
+        "--calibration-images",
+        type=positive_int,
+        default=64,
+        help="training images whose activation ranges calibrate --int8 (default 64)",
+    )
 
 
 def add_speed_arguments(parser: argparse.ArgumentParser, *, all_paths: bool = False) -> None:
@@ -116,7 +128,7 @@ def add_speed_arguments(parser: argparse.ArgumentParser, *, all_paths: bool = Fa
     parser.add_argument(
         "--amp",
         dest="autocast",
-        choices=list(AUTOCAST_DTYPES),
+        choices=list(AMP_CHOICES),
         default="none",
         help="autocast precision (CUDA; post-processing stays float32)",
     )

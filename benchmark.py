@@ -77,6 +77,21 @@ logger = logging.getLogger("benchmark")
 PARTS = ("preprocess", "forward", "post")
 
 
+# --compare choices that time ours again on another backend: (backend, int8).
+OUR_VARIANTS = {"onnxruntime": ("onnxruntime", False), "onnxruntime-int8": ("onnxruntime", True)}
+COMPARISONS = ("torchvision", *OUR_VARIANTS)
+
+
+def comparisons(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in COMPARISONS]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown {', '.join(unknown)}; choose from {', '.join(COMPARISONS)}"
+        )
+    return names
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Time a detector (and optionally torchvision's SSD300) end to end.",
@@ -109,12 +124,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_backend_arguments(parser)
     parser.add_argument(
         "--compare",
-        nargs="+",
-        choices=["torchvision", *OUR_VARIANTS],
+        type=comparisons,
         default=[],
-        help="also time, on the same inputs and interleaved: torchvision's ssd300_vgg16, "
-        "and/or ours again as the end-to-end ONNX graph in ONNX Runtime (onnxruntime) or "
-        "its int8 version (onnxruntime-int8)",
+        metavar="WHAT[,WHAT]",
+        help="also time, on the same inputs and interleaved, a comma-separated list of: "
+        "torchvision (its ssd300_vgg16), onnxruntime (ours as the end-to-end ONNX graph in "
+        "ONNX Runtime), onnxruntime-int8 (its int8 version)",
+    )
+    parser.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        metavar="OVERRIDES",
+        help="time another variant of our model too: the config with these overrides "
+        "(';'-separated), e.g. --also model.widths_file=configs/widths/X.yaml; repeatable",
     )
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     return parser.parse_intermixed_args(argv)
@@ -306,16 +329,17 @@ def build_pipeline(
 
 
 def print_table(results: dict[str, Any]) -> None:
+    width = max(len(name) for name in results["models"]) + 2
     for label, key in (("batch 1", "batch_1"), (f"batch {results['batch_size']}", "batch_n")):
         print(f"{label}: ms per call (median of {results['repeats']})")
         print(
-            f"{'':<28}{'preprocess':>11}{'forward':>10}{'post':>9}{'total':>10}{'img/s':>9}"
+            f"{'':<{width}}{'preprocess':>11}{'forward':>10}{'post':>9}{'total':>10}{'img/s':>9}"
             f"{'GFLOP/s':>9}"
         )
         for name, row in results[key].items():
             images = results["batch_size"] if key == "batch_n" else 1
             print(
-                f"{name:<28}{row['preprocess_ms']:>11.2f}{row['forward_ms']:>10.2f}"
+                f"{name:<{width}}{row['preprocess_ms']:>11.2f}{row['forward_ms']:>10.2f}"
                 f"{row['post_ms']:>9.2f}{row['total_ms']:>10.2f}"
                 f"{1000 * images / row['total_ms']:>9.1f}{row['forward_gflops_per_s']:>9.1f}"
             )
@@ -353,28 +377,36 @@ def matmul_gflops(device: torch.device, size: int = 2048, repeats: int = 5) -> f
     return 2 * size**3 / statistics.median(times) / 1e9
 
 
-# --compare choices that time ours again on another backend: (backend, int8).
-OUR_VARIANTS = {"onnxruntime": ("onnxruntime", False), "onnxruntime-int8": ("onnxruntime", True)}
-
-
 def build_runners(
     args: argparse.Namespace, device: torch.device
 ) -> tuple[list[Runner], Any, InferencePipeline]:
-    """Ours (``--backend``, ``--int8``), ours again on each backend ``--compare`` names,
-    and with ``--compare torchvision`` torchvision's SSD300 with the same speed paths
-    (:func:`peer_options`) and the config's class count; the config and our first
-    pipeline. Every variant of ours runs the same weights."""
+    """Ours (``--backend``, ``--int8``) and each ``--also`` variant of it, each on every
+    backend ``--compare`` names, and with ``--compare torchvision`` torchvision's SSD300
+    with the same speed paths (:func:`peer_options`) and the config's class count; the
+    config and our first pipeline. The backends of one variant run the same weights."""
     config, model = build_model_to_run(args.config, args.overrides, args.checkpoint)
+    models = {"": (config, model)}
+    for also in args.also:
+        extra = [item.strip() for item in also.split(";") if item.strip()]
+        models[", " + "; ".join(extra)] = build_model_to_run(
+            args.config, [*args.overrides, *extra], args.checkpoint
+        )
     variants = [(args.backend, args.int8)]
     variants += [OUR_VARIANTS[name] for name in args.compare if name in OUR_VARIANTS]
     runners: list[Runner] = []
-    for backend, int8 in dict.fromkeys(variants):
-        pipeline = build_pipeline(
-            args, device, config, copy.deepcopy(model), backend=backend, int8=int8
-        )
-        label = "" if backend == "torch" else f", {backend}{' int8' if int8 else ''}"
-        name = f"ours ({config.model.architecture}{label})"
-        runners.append(PipelineRunner(name, pipeline, config.model.num_classes))
+    for label, (variant_config, variant_model) in models.items():
+        for backend, int8 in dict.fromkeys(variants):
+            pipeline = build_pipeline(
+                args,
+                device,
+                variant_config,
+                copy.deepcopy(variant_model),
+                backend=backend,
+                int8=int8,
+            )
+            runtime = "" if backend == "torch" else f", {backend}{' int8' if int8 else ''}"
+            name = f"ours ({variant_config.model.architecture}{runtime}{label})"
+            runners.append(PipelineRunner(name, pipeline, variant_config.model.num_classes))
     if "torchvision" in args.compare:
         runners.append(
             TorchvisionRunner(device, peer_options(speed_options(args)), config.model.num_classes)

@@ -33,7 +33,13 @@ from engine.training import (
     bn_scales,
     train_one_epoch,
 )
-from models.build import build_loss, build_model, build_postprocessor, count_flops
+from models.build import (
+    build_loss,
+    build_model,
+    build_postprocessor,
+    count_flops,
+    read_widths_file,
+)
 from models.pruning import prunable_norm_names
 from models.weights import load_detector_weights
 from utils.checkpoint import (
@@ -146,7 +152,10 @@ class TrainingRun:
         """The model (pruned to ``source``'s widths, if any), on the device; its loss,
         post-processor and the BatchNorm layers the slimming penalty applies to."""
         config = self.config
-        self.channel_widths = channel_widths(source)
+        # Stored in every checkpoint, so that the model rebuilds without the widths file.
+        self.channel_widths = channel_widths(source) or (
+            read_widths_file(config.model.widths_file) if config.model.widths_file else {}
+        )
         self.model = build_model(
             config, load_weights=source is None and init is None, channel_widths=self.channel_widths
         )

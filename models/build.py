@@ -5,9 +5,11 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from torch import Tensor, nn
 
 from layers.multibox_loss import MultiBoxLoss
@@ -27,7 +29,7 @@ from models.weights import (
     load_backbone_weights,
     load_detector_weights,
 )
-from utils.config import Config, ModelConfig, PriorConfig
+from utils.config import Config, ConfigError, ModelConfig, PriorConfig
 
 logger = logging.getLogger(__name__)
 
@@ -175,11 +177,39 @@ def build_model(
     num_outputs = count_head_outputs(model, model_config.image_size)
     if num_outputs != priors.shape[0]:
         raise AssertionError(f"head predicts {num_outputs} boxes for {priors.shape[0]} priors")
+    if not channel_widths and model_config.widths_file:
+        channel_widths = read_widths_file(model_config.widths_file)
     if channel_widths:
         apply_channel_widths(model, channel_widths)
+        if load_weights and (model_config.weights or model_config.backbone_weights):
+            logger.info("narrowed model: pretrained weights are not loaded (widths differ)")
     elif load_weights:
         _load_configured_weights(model, model_config)
     return model
+
+
+def read_widths_file(path: str | Path) -> dict[str, int]:
+    """Channel widths from a YAML file: ``{group name: width}``, optionally under a
+    ``channel_widths`` key.
+
+    Raises:
+        ConfigError: the file is missing or is not such a mapping.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: widths file not found (model.widths_file)")
+    try:
+        content = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from error
+    if isinstance(content, dict) and isinstance(content.get("channel_widths"), dict):
+        content = content["channel_widths"]
+    if not isinstance(content, dict) or not all(
+        isinstance(key, str) and isinstance(value, int) and not isinstance(value, bool)
+        for key, value in content.items()
+    ):
+        raise ConfigError(f"{path}: expected a mapping of channel group names to widths")
+    return dict(content)
 
 
 def meta_forward(module: nn.Module, image_size: int) -> Any:

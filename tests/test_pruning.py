@@ -21,7 +21,7 @@ from models.pruning import (
 )
 from tests.conftest import REPO_ROOT, TINY_MODEL, randomise_batchnorm, tiny_train_overrides
 from utils.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
-from utils.config import load_config
+from utils.config import ConfigError, load_config
 
 ARCHITECTURES = [
     (None, TINY_MODEL, 96),
@@ -286,3 +286,54 @@ def test_prune_then_evaluate_and_fine_tune(tiny_shapes_root, tmp_path, capsys):
 
     with pytest.raises(train.ConfigError, match="--init"):
         train.resolve_config(train.parse_args([*run, "--init", str(pruned), "--resume"]))
+
+
+def test_widths_file_builds_the_narrow_model_and_travels_with_checkpoints(
+    tiny_shapes_root, tmp_path
+):
+    overrides = tiny_train_overrides(tiny_shapes_root, tmp_path / "run")
+    groups = channel_groups(build_model(load_config(None, overrides)))
+    widths = {group.name: max(1, group.width // 2) for group in groups[::2]}
+    path = tmp_path / "widths.yaml"
+    path.write_text("".join(f"{name}: {width}\n" for name, width in widths.items()))
+    narrow = build_model(load_config(None, [*overrides, f"model.widths_file={path}"]))
+    assert {g.name: g.width for g in channel_groups(narrow)} == {
+        g.name: widths.get(g.name, g.width) for g in groups
+    }
+    # train.py stores the widths in its checkpoints: the model rebuilds without the file.
+    config = str(REPO_ROOT / "configs" / "quickstart_shapes.yaml")
+    run = ["--config", config, *overrides, f"model.widths_file={path}", "--stop-at", "1"]
+    assert train.main(train.parse_args(run)) == 0
+    checkpoint = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert checkpoint["channel_widths"] == widths
+    path.unlink()
+    assert test_script.main(test_script.parse_args(
+        ["--checkpoint", str(tmp_path / "run" / "last.pt"), "--no-plots",
+         "--results-dir", str(tmp_path / "eval")]
+    )) == 0  # fmt: skip
+    path.write_text("not: [a, mapping, of, widths]")
+    with pytest.raises(ConfigError, match=r"widths\.yaml: expected a mapping of channel group"):
+        build_model(load_config(None, [*overrides, f"model.widths_file={path}"]))
+
+
+def test_shipped_slim_widths_reach_the_reference_budget():
+    # fssd.pytorch's 50 % FSSD300-VGG16-BN: 13.2 M parameters, 38 GFLOPs.
+    config = load_config(
+        REPO_ROOT / "configs" / "fssd300_vgg16_bn_voc.yaml",
+        [f"model.widths_file={REPO_ROOT / 'configs/widths/fssd300_vgg16_bn_slim50.yaml'}"],
+    )
+    model = build_model(config, load_weights=False)
+    widths = {group.name: group.width for group in channel_groups(model)}
+    backbone = [widths[name] for name in widths if name.startswith("features.backbone")]
+    assert backbone == [38, 58, 101, 121, 218, 232, 234, 282, 297, 243, 214, 199, 54, 136, 212]
+    assert count_parameters(model) == pytest.approx(13.2e6, rel=0.02)
+    assert count_flops(model, 300) / 1e9 == pytest.approx(38.0, rel=0.03)
+    rounded = load_config(
+        REPO_ROOT / "configs" / "fssd300_vgg16_bn_voc.yaml",
+        [f"model.widths_file={REPO_ROOT / 'configs/widths/fssd300_vgg16_bn_slim50_x8.yaml'}"],
+    )
+    rounded_widths = channel_groups(build_model(rounded, load_weights=False))
+    assert all(group.width % 8 == 0 for group in rounded_widths)
+    assert all(
+        widths[group.name] <= group.width < widths[group.name] + 8 for group in rounded_widths
+    )

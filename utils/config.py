@@ -69,6 +69,10 @@ class ModelConfig:
     backbone_weights: str = ""
     # A whole-detector checkpoint to start from: this project's or fssd.pytorch's.
     weights: str = ""
+    # A YAML file of channel widths ({group name: width}, as prune.py stores them in a
+    # checkpoint's channel_widths): the model is built that narrow, e.g. to train a
+    # pruned architecture from scratch or to time it. A pruned checkpoint's own widths win.
+    widths_file: str = ""
 
 
 @dataclass

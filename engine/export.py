@@ -328,6 +328,22 @@ def export_end_to_end(
     return path
 
 
+def export_detector(model: SingleShotDetector, config: Config, path: str | Path) -> Path:
+    """:func:`export_end_to_end` with the config's input size, variances and
+    post-processing settings."""
+    post = config.postprocess
+    return export_end_to_end(
+        model,
+        path,
+        image_size=config.model.image_size,
+        variances=config.priors.variances,
+        score_threshold=post.score_threshold,
+        pre_nms_topk=post.pre_nms_topk,
+        nms_iou_threshold=post.nms_iou_threshold,
+        max_detections=post.max_detections,
+    )
+
+
 def end_to_end_pipeline(
     model: SingleShotDetector,
     config: Config,
@@ -344,17 +360,7 @@ def end_to_end_pipeline(
     folder = Path(tempfile.mkdtemp(prefix="fssd_onnx_"))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     if onnx_path is None:
-        post = config.postprocess
-        onnx_path = export_end_to_end(
-            model.eval(),
-            folder / "detector.onnx",
-            image_size=config.model.image_size,
-            variances=config.priors.variances,
-            score_threshold=post.score_threshold,
-            pre_nms_topk=post.pre_nms_topk,
-            nms_iou_threshold=post.nms_iou_threshold,
-            max_detections=post.max_detections,
-        )
+        onnx_path = export_detector(model.eval(), config, folder / "detector.onnx")
         logger.info("exported the detector end to end to %s", onnx_path)
     if calibration is not None:
         from engine.quantize import quantize_end_to_end

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.export import DecodedDetector, export_end_to_end, export_onnx, onnxruntime_outputs
+from engine.export import DecodedDetector, export_detector, export_onnx, onnxruntime_outputs
 from models.build import build_model, build_postprocessor
 from tests.conftest import REPO_ROOT, TINY_MODEL, randomise_batchnorm
 from utils.config import load_config
@@ -111,17 +111,7 @@ def photos(shared_dir, size, count):
 
 
 def end_to_end_check(model, config, path, images):
-    post = config.postprocess
-    export_end_to_end(
-        model,
-        path,
-        image_size=config.model.image_size,
-        variances=config.priors.variances,
-        score_threshold=post.score_threshold,
-        pre_nms_topk=post.pre_nms_topk,
-        nms_iou_threshold=post.nms_iou_threshold,
-        max_detections=post.max_detections,
-    )
+    export_detector(model, config, path)
     with torch.no_grad():
         expected = build_postprocessor(config, model.priors_cxcywh)(*model(images.float()))
     assert_same_detections(onnxruntime_outputs(path, images), expected, config.model.image_size)

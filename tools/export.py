@@ -28,7 +28,7 @@ from torch import nn
 
 from engine.export import (
     DecodedDetector,
-    export_end_to_end,
+    export_detector,
     export_onnx,
     onnxruntime_outputs,
 )
@@ -87,18 +87,8 @@ def main(args: argparse.Namespace) -> int:
 
 
 def export_whole_detector(args: argparse.Namespace, config, model) -> int:
-    post = config.postprocess
     size = config.model.image_size
-    path = export_end_to_end(
-        model,
-        args.out,
-        image_size=size,
-        variances=config.priors.variances,
-        score_threshold=post.score_threshold,
-        pre_nms_topk=post.pre_nms_topk,
-        nms_iou_threshold=post.nms_iou_threshold,
-        max_detections=post.max_detections,
-    )
+    path = export_detector(model, config, args.out)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
     if args.check:
         generator = torch.Generator().manual_seed(0)

@@ -28,9 +28,15 @@ import torch
 
 from engine.inference import InferencePipeline, SpeedOptions, prepare_for_inference
 from engine.loading import load_trained_model
-from models.build import build_postprocessor, count_flops, count_parameters
+from models.build import build_postprocessor, count_flops, count_parameters, read_widths_file
 from models.detector import SingleShotDetector
-from models.pruning import channel_groups, global_threshold, prune_channels, select_channels
+from models.pruning import (
+    channel_groups,
+    global_threshold,
+    prune_channels,
+    select_channels,
+    select_to_widths,
+)
 from utils.checkpoint import make_checkpoint, save_checkpoint
 from utils.cli import add_checkpoint_argument, add_config_arguments, run_command
 from utils.log import setup_logging
@@ -54,6 +60,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=0.5,
         help="fraction of all prunable channels to remove (default 0.5)",
+    )
+    parser.add_argument(
+        "--widths",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="prune to these widths instead of by --ratio: a YAML of {group: width} "
+        "(e.g. configs/widths/fssd300_vgg16_bn_slim50.yaml); each group keeps its "
+        "highest-|gamma| channels",
     )
     parser.add_argument(
         "--min-keep",
@@ -188,13 +203,18 @@ def main(args: argparse.Namespace) -> int:
     before = describe(model, image_size)
 
     groups = channel_groups(model)
-    keep = select_channels(
-        groups, args.ratio, min_keep_fraction=args.min_keep, multiple_of=args.multiple_of
-    )
     widths_before = {group.name: group.width for group in groups}
     scores = torch.cat([group.scores() for group in groups])
-    _, threshold = global_threshold(scores, args.ratio)
-    report_sparsity(scores, threshold, args.ratio)
+    if args.widths is not None:
+        keep = select_to_widths(groups, read_widths_file(args.widths))
+        ratio = 1 - sum(len(indices) for indices in keep.values()) / scores.numel()
+    else:
+        keep = select_channels(
+            groups, args.ratio, min_keep_fraction=args.min_keep, multiple_of=args.multiple_of
+        )
+        ratio = args.ratio
+    _, threshold = global_threshold(scores, ratio)
+    report_sparsity(scores, threshold, ratio)
     widths = prune_channels(groups, keep, compensate=not args.no_compensation)
     after = describe(model, image_size)
 
@@ -218,7 +238,8 @@ def main(args: argparse.Namespace) -> int:
             f"{after[key] / before[key]:>9.3f}"
         )
 
-    out = args.out or args.checkpoint.parent / f"pruned_{args.ratio:g}.pt"
+    name = args.widths.stem if args.widths is not None else f"{args.ratio:g}"
+    out = args.out or args.checkpoint.parent / f"pruned_{name}.pt"
     previous_widths = (checkpoint or {}).get("channel_widths") or {}
     state = make_checkpoint(
         config=config,
@@ -227,7 +248,8 @@ def main(args: argparse.Namespace) -> int:
         channel_widths={**previous_widths, **widths},
         pruning={
             "source": str(args.checkpoint),
-            "ratio": args.ratio,
+            "ratio": ratio,
+            "widths_file": str(args.widths) if args.widths is not None else None,
             "threshold": threshold,
             "min_keep_fraction": args.min_keep,
             "multiple_of": args.multiple_of,

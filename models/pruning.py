@@ -354,6 +354,32 @@ def select_channels(
     return keep
 
 
+def select_to_widths(groups: list[ChannelGroup], widths: Mapping[str, int]) -> dict[str, Tensor]:
+    """Channels to keep so that each group named in ``widths`` ends at that width: its
+    highest-|gamma| channels (groups not named keep all of theirs).
+
+    Returns ``{group name: sorted indices to keep}``.
+
+    Raises:
+        PruningError: a name is not a group of this model, or a width is outside
+            1..the group's width.
+    """
+    names = {group.name for group in groups}
+    unknown = sorted(set(widths) - names)
+    if unknown:
+        raise PruningError(
+            f"the widths name {len(unknown)} groups this model does not have, e.g. '{unknown[0]}'"
+        )
+    keep: dict[str, Tensor] = {}
+    for group in groups:
+        width = int(widths.get(group.name, group.width))
+        if not 1 <= width <= group.width:
+            raise PruningError(f"width {width} for '{group.name}' outside 1..{group.width}")
+        best = torch.sort(group.scores(), descending=True, stable=True).indices[:width]
+        keep[group.name] = torch.sort(best).values
+    return keep
+
+
 def zero_pruned_channels(groups: list[ChannelGroup], keep: Mapping[str, Tensor]) -> None:
     """Set scale and shift of every channel not in ``keep`` to zero in all the group's
     BatchNorm layers: the channels then carry zeros, which is what pruning assumes."""

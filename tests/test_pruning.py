@@ -337,3 +337,32 @@ def test_shipped_slim_widths_reach_the_reference_budget():
     assert all(
         widths[group.name] <= group.width < widths[group.name] + 8 for group in rounded_widths
     )
+
+
+def test_prune_to_a_widths_file_keeps_each_groups_largest_scales(tmp_path):
+    config = load_config(None, TINY_MODEL)
+    model = build_model(config)
+    randomise_batchnorm(model)
+    source = tmp_path / "trained.pt"
+    state = make_checkpoint(config=config, model_state=model.state_dict(), class_names=["a"])
+    save_checkpoint(state, source)
+    groups = channel_groups(model)
+    target = {groups[0].name: 3, groups[-1].name: groups[-1].width - 1}
+    path = tmp_path / "widths.yaml"
+    path.write_text("".join(f"{name}: {width}\n" for name, width in target.items()))
+    out = tmp_path / "to_widths.pt"
+    arguments = ["--checkpoint", str(source), "--widths", str(path), "--out", str(out)]
+    assert prune_script.main(prune_script.parse_args(arguments)) == 0
+    checkpoint = load_checkpoint(out)
+    widths = checkpoint["channel_widths"]
+    assert {name: widths[name] for name in target} == target
+    assert all(widths[g.name] == g.width for g in groups if g.name not in target)
+    # The first group keeps its 3 largest |gamma|, in channel order.
+    norm_name = next(name for name, module in model.named_modules() if module is groups[0].norms[0])
+    gamma = model.get_submodule(norm_name).weight.detach()
+    kept = torch.sort(torch.sort(groups[0].scores(), descending=True).indices[:3]).values
+    torch.testing.assert_close(checkpoint["model"][f"{norm_name}.weight"], gamma[kept])
+    assert checkpoint["pruning"]["widths_file"] == str(path)
+    path.write_text("features.nothing: 3\n")
+    with pytest.raises(PruningError, match="groups this model does not have"):
+        prune_script.main(prune_script.parse_args(arguments))

@@ -4,7 +4,7 @@ Every random decision is drawn from the ``rng`` passed in, so a sample's augment
 is a function of (seed, epoch, index). Images are RGB uint8 ``[H, W, 3]``; boxes come
 in as pixels ``[G, 4]`` xyxy and leave normalised to [0, 1] for the model input.
 (OpenCV/NumPy measured faster per worker than ``torchvision.transforms.v2``:
-``python -m data.augment_benchmark``.)
+``python -m tools.augment_benchmark``.)
 """
 
 from __future__ import annotations

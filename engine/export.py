@@ -21,6 +21,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -38,6 +39,9 @@ from models.build import build_postprocessor
 from models.detector import SingleShotDetector
 from utils.config import Config, ConfigError
 from utils.device import DeviceError
+
+if TYPE_CHECKING:
+    import onnx
 
 logger = logging.getLogger(__name__)
 # The exporter's optimiser logs every deduplicated constant and rewrite at INFO.
@@ -118,7 +122,7 @@ def postprocess_graph(
     nms_iou_threshold: float,
     max_detections: int,
     opset: int,
-):
+) -> onnx.ModelProto:
     """An ONNX graph from ``boxes`` ``[B, P, 4]`` (normalised xyxy) and ``scores``
     ``[B, P, C]`` (softmax) to the detections of the module docstring."""
     from onnx import TensorProto, helper
@@ -127,14 +131,14 @@ def postprocess_graph(
     per_class = min(pre_nms_topk, num_priors)
     kept = min(max_detections, num_priors * foreground)
 
-    def const(name: str, value, dtype=np.int64):
+    def const(name: str, value: object, dtype: type = np.int64) -> onnx.NodeProto:
         array = np.asarray(value, dtype=dtype)
-        return helper.make_node(
-            "Constant", [], [name], value=helper.make_tensor(name, _onnx_type(array), array.shape,
-                                                            array.flatten().tolist())
-        )  # fmt: skip
+        tensor = helper.make_tensor(name, _onnx_type(array), array.shape, array.flatten().tolist())
+        return helper.make_node("Constant", [], [name], value=tensor)
 
     nodes = [
+        const("c_zero_vec", [0]),
+        const("c_two_scalar", 2),
         const("c_one", [1]),
         const("c_classes", [num_classes]),
         const("c_two", [2]),
@@ -220,7 +224,6 @@ def postprocess_graph(
         helper.make_node("Where", ["valid", "best_scores", "c_zero_f"], ["detection_scores"]),
         helper.make_node("Where", ["valid", "best_label", "c_zero_i"], ["detection_labels"]),
     ]
-    nodes[:0] = [const("c_zero_vec", [0]), const("c_two_scalar", 2)]
     graph = helper.make_graph(
         nodes,
         "postprocess",

@@ -308,6 +308,7 @@ def build_pipeline(
     *,
     backend: str,
     int8: bool,
+    onnx_path: Path | None = None,
 ) -> InferencePipeline:
     def calibration() -> list[np.ndarray]:
         # The timed images themselves (--images, else random ones): the weights may be
@@ -323,7 +324,7 @@ def build_pipeline(
         backend=backend,
         device=device,
         options=speed_options(args),
-        onnx_path=args.onnx if backend == args.backend else None,
+        onnx_path=onnx_path,
         calibration=calibration if int8 else None,
     )
 
@@ -403,6 +404,8 @@ def build_runners(
                 copy.deepcopy(variant_model),
                 backend=backend,
                 int8=int8,
+                # --onnx is an export of the main model, on the main backend only.
+                onnx_path=args.onnx if not label and backend == args.backend else None,
             )
             runtime = "" if backend == "torch" else f", {backend}{' int8' if int8 else ''}"
             name = f"ours ({variant_config.model.architecture}{runtime}{label})"

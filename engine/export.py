@@ -360,8 +360,9 @@ def end_to_end_pipeline(
     into a temporary folder removed at exit. With ``calibration`` (a function giving
     the calibration batches) the graph is quantized to int8 first
     (:mod:`engine.quantize`)."""
-    folder = Path(tempfile.mkdtemp(prefix="fssd_onnx_"))
-    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    if onnx_path is None or calibration is not None:
+        folder = Path(tempfile.mkdtemp(prefix="fssd_onnx_"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
     if onnx_path is None:
         onnx_path = export_detector(model.eval(), config, folder / "detector.onnx")
         logger.info("exported the detector end to end to %s", onnx_path)

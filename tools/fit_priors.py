@@ -28,7 +28,6 @@ from data.sources import prepare_data, read_records, resolve_class_names
 from engine.prior_fitting import (
     Coverage,
     fit_priors,
-    generate_priors,
     grid_limit,
     prior_coverage,
 )
@@ -133,7 +132,6 @@ def main(args: argparse.Namespace) -> int:
         seed=args.seed,
         sample=args.sample,
     )
-    assert generate_priors(fitted, size, map_sizes).shape[0] == after.num_priors
     print(coverage_table("fitted priors", after))
     text = fragment(
         dataclasses.replace(config, priors=fitted),

@@ -71,8 +71,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--topk",
         type=positive_int,
-        default=100,
-        help="most detections kept per image, at least 1 (default 100)",
+        default=None,
+        help="most detections kept per image, at least 1 (default: the config's "
+        "postprocess.max_detections, 200 unless set)",
     )
     add_speed_arguments(parser)
     add_device_argument(parser)
@@ -91,7 +92,9 @@ class Detector:
     """Model, post-processing and resizing for single images (RGB uint8)."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        overrides = [*args.overrides, f"postprocess.max_detections={args.topk}"]
+        overrides = list(args.overrides)
+        if args.topk is not None:
+            overrides.append(f"postprocess.max_detections={args.topk}")
         config, model, checkpoint = load_trained_model(args.config, overrides, args.checkpoint)
         self.class_names = args.class_names or (checkpoint or {}).get("class_names") or []
         if not self.class_names:

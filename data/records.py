@@ -10,6 +10,7 @@ torch, so evaluation without a model (``test.py --eval-only``) starts fast.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,20 +62,45 @@ class ProblemReport:
     def __init__(self, policy: Literal["skip", "stop"], max_logged: int = 20) -> None:
         self.policy = policy
         self.max_logged = max_logged
-        self.problems: list[str] = []
+        self.entries: list[tuple[str, str]] = []  # (source, problem)
+
+    @property
+    def problems(self) -> list[str]:
+        """Every problem reported, as ``"SOURCE: problem"``."""
+        return [f"{source}: {problem}" for source, problem in self.entries]
 
     def report(self, source: str | Path, problem: str) -> None:
         message = f"{source}: {problem}"
         if self.policy == "stop":
             raise BadSampleError(message)
-        self.problems.append(message)
-        if len(self.problems) <= self.max_logged:
+        self.entries.append((str(source), problem))
+        if len(self.entries) <= self.max_logged:
             logger.warning("%s", message)
 
     def summarize(self, what: str) -> None:
-        hidden = len(self.problems) - self.max_logged
+        hidden = len(self.entries) - self.max_logged
         if hidden > 0:
             logger.warning("%s: %d more problems not shown", what, hidden)
+
+    def kinds(self) -> dict[str, tuple[int, str]]:
+        """Problems grouped by :func:`problem_kind`, most frequent first: kind ->
+        (count, the first full message of that kind)."""
+        grouped: dict[str, tuple[int, str]] = {}
+        for source, problem in self.entries:
+            kind = problem_kind(problem)
+            count, example = grouped.get(kind, (0, f"{source}: {problem}"))
+            grouped[kind] = (count + 1, example)
+        return dict(sorted(grouped.items(), key=lambda item: -item[1][0]))
+
+
+def problem_kind(problem: str) -> str:
+    """A problem without its numbers, bracketed boxes and quoted names, so the same
+    problem in many files is one kind: ``"box 3 [1, 2, 0, 5] is inverted or empty; left
+    out"`` -> ``"box N [...] is inverted or empty; left out"``."""
+    problem = re.sub(r"\[[^\]]*\]", "[...]", problem)
+    problem = re.sub(r"'[^']*'( \(\d+\))?(, '[^']*'( \(\d+\))?)*", "'...'", problem)
+    problem = re.sub(r"\([^)]*\)", "(...)", problem)
+    return re.sub(r"\d+(\.\d+)?", "N", problem)
 
 
 def clean_boxes(

@@ -89,8 +89,11 @@ def _custom_annotation_files(root: Path, split: str) -> list[Path]:
         raise DataError(str(error)) from error
 
 
-def read_records(config: Config, split: str, class_names: list[str]) -> list[AnnotationRecord]:
-    """All annotation records of the ``train`` or ``val`` sets.
+def read_records(
+    config: Config, split: str, class_names: list[str], problems: ProblemReport | None = None
+) -> list[AnnotationRecord]:
+    """All annotation records of the ``train`` or ``val`` sets; the problems found go to
+    ``problems`` when given (its policy applies), else to a report under the config's.
 
     Raises:
         DataError: a set cannot be found or yields no images.
@@ -99,7 +102,8 @@ def read_records(config: Config, split: str, class_names: list[str]) -> list[Ann
     data = config.data
     root = Path(data.root)
     sets = data.train_sets if split == "train" else data.val_sets
-    problems = ProblemReport(data.on_bad_sample)
+    if problems is None:
+        problems = ProblemReport(data.on_bad_sample)
     records: list[AnnotationRecord] = []
     for set_name in sets:
         try:

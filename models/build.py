@@ -137,6 +137,13 @@ def measure_feature_map_sizes(features: nn.Module, image_size: int) -> list[tupl
     return sizes
 
 
+def feature_map_sizes(model_config: ModelConfig) -> list[tuple[int, int]]:
+    """``(height, width)`` of the detection maps the model section gives at its input
+    size, without priors (no weights loaded)."""
+    features = build_features(model_config, build_backbone(model_config))
+    return measure_feature_map_sizes(features, model_config.image_size)
+
+
 def build_model(
     config: Config,
     *,

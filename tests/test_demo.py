@@ -126,6 +126,10 @@ def test_threshold_and_topk_decide_what_is_drawn(checkpoint, tiny_shapes_root):
     detector.threshold = 1.0
     drawn, _ = detector(image)
     assert np.array_equal(drawn, image)
+    # Without --topk the config's cap holds (a config override sets it here).
+    arguments = ["--checkpoint", str(checkpoint), "x.jpg", "postprocess.max_detections=7"]
+    _, result = demo.Detector(demo.parse_args(arguments))(image)
+    assert len(result["scores"]) == 7
 
 
 def test_onnxruntime_backend_draws_what_pytorch_draws(checkpoint, tiny_shapes_root, tmp_path):

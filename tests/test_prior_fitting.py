@@ -1,13 +1,25 @@
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 import yaml
 
-from engine.prior_fitting import fit_priors, generate_priors, grid_limit, prior_coverage
+from engine.prior_fitting import (
+    PriorSearch,
+    ShapeScorer,
+    best_prior_iou,
+    fit_priors,
+    generate_priors,
+    grid_limit,
+    map_grids,
+    map_settings,
+    prior_coverage,
+    training_boxes,
+)
 from models.build import build_model, measure_feature_map_sizes
 from tests.conftest import REPO_ROOT
-from tools.fit_priors import fragment, training_boxes
+from tools.fit_priors import fragment
 from utils.config import PriorConfig, load_config, merge_dict
 
 # Two priors: the top-left and bottom-right quarters of the image.
@@ -35,15 +47,86 @@ def test_grid_limit_is_the_best_any_prior_shape_can_do():
     boxes = torch.tensor(
         [
             [0.15, 0.15, 0.35, 0.35],  # centred on the 2x2 map's first centre (0.25, 0.25)
-            [0.4, 0.4, 0.6, 0.6],  # 0.25 from every 2x2 centre in x and y: no overlap
+            [0.4, 0.4, 0.6, 0.6],  # 0.25 from every 2x2 centre in x and y
         ]
     )
     assert grid_limit(boxes, image_size=100, map_sizes=[(2, 2)], steps=None, threshold=0.5) == 0.5
-    # A 10x10 map has a centre at (0.45, 0.45): a 0.2 box moved by 0.05 in x and y keeps
-    # 0.15^2 of its area, IoU 0.0225 / (0.08 - 0.0225) = 0.391; at (0.55, 0.55) the same.
+    # A 10x10 map has a centre at (0.45, 0.45), 0.05 off the second box's centre in x
+    # and y. A prior of the box's own shape there keeps 0.15^2 of it: IoU 0.0225 /
+    # (0.08 - 0.0225) = 0.391. The best shape is the 0.3 square that just holds the
+    # box: IoU 0.04 / 0.09 = 0.444. No prior there reaches 0.45.
     two_maps = [(2, 2), (10, 10)]
-    assert grid_limit(boxes, image_size=100, map_sizes=two_maps, steps=None, threshold=0.39) == 1
-    assert grid_limit(boxes, image_size=100, map_sizes=two_maps, steps=None, threshold=0.4) == 0.5
+    assert grid_limit(boxes, image_size=100, map_sizes=two_maps, steps=None, threshold=0.43) == 1
+    assert grid_limit(boxes, image_size=100, map_sizes=two_maps, steps=None, threshold=0.45) == 0.5
+
+
+@pytest.mark.parametrize(
+    ("image_size", "maps", "priors"),
+    [
+        # The quick start's grid, priors without steps.
+        (
+            160,
+            [(20, 20), (10, 10), (5, 5), (3, 3)],
+            PriorConfig(
+                min_sizes=[12, 32, 64, 104],
+                max_sizes=[32, 64, 104, 150],
+                aspect_ratios=[[2], [2, 3], [2, 3], [2]],
+                steps=None,
+            ),
+        ),
+        # SSD300's configured steps (centres off the cell grid, clipped), no max sizes.
+        (
+            300,
+            [(38, 38), (19, 19), (10, 10), (5, 5), (3, 3), (1, 1)],
+            PriorConfig(
+                min_sizes=[21, 45, 99, 153, 207, 261],
+                max_sizes=None,
+                aspect_ratios=[[2], [2, 3], [2, 3], [2, 3], [2], [2]],
+                steps=[8, 16, 32, 64, 100, 300],
+            ),
+        ),
+    ],
+)
+def test_shape_scorer_equals_the_iou_with_the_generated_priors(image_size, maps, priors):
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.rand(300, 2, generator=generator)
+    sides = 0.01 + 0.9 * torch.rand(300, 2, generator=generator) ** 2
+    boxes = torch.cat([centres - sides / 2, centres + sides / 2], dim=1).clamp(0, 1)
+    expected = best_prior_iou(boxes, generate_priors(priors, image_size, maps))
+    scorer = ShapeScorer(boxes, map_grids(image_size, maps, priors.steps), clip=True)
+    search = PriorSearch(scorer, image_size=image_size, threshold=0.5, max_priors=10**6)
+    settings = map_settings(priors)
+    found = np.max([search.vector(index, item) for index, item in enumerate(settings)], axis=0)
+    np.testing.assert_allclose(found, expected.numpy(), atol=1e-5)
+
+
+def test_fitting_finds_the_known_best_priors():
+    # Boxes 25 x 12.5 px and 12.5 x 25 px centred on the cells of a 4x4 map at 100 px.
+    # With one prior per location the best is a square of the same area (side 17.68 px,
+    # IoU 221 / (625 - 221) = 0.547); three per location allow the square and the
+    # ratio-2 pair of a 17.68 px min size, which is both boxes exactly.
+    centres = (torch.arange(4) + 0.5) / 4
+    grid_y, grid_x = torch.meshgrid(centres, centres, indexing="ij")
+    cx, cy = grid_x.reshape(-1), grid_y.reshape(-1)
+    boxes = torch.cat(
+        [
+            torch.stack([cx - 0.125, cy - 0.0625, cx + 0.125, cy + 0.0625], dim=1),
+            torch.stack([cx - 0.0625, cy - 0.125, cx + 0.0625, cy + 0.125], dim=1),
+        ]
+    )
+    base = PriorConfig(min_sizes=[50], max_sizes=None, aspect_ratios=[[]], steps=None)
+    settings = dict(image_size=100, map_sizes=[(4, 4)], threshold=0.5)
+    one, coverage = fit_priors(boxes, base, max_priors=16, **settings)
+    assert one.aspect_ratios == [[]] and one.max_sizes is None
+    assert one.min_sizes[0] == pytest.approx(17.68, rel=0.02)
+    assert coverage.covered == 1.0
+    assert coverage.mean_best_iou == pytest.approx(221 / (625 - 221), abs=0.003)
+    three, coverage = fit_priors(boxes, base, max_priors=48, **settings)
+    assert three.aspect_ratios == [[2.0]]
+    assert three.min_sizes[0] == pytest.approx(17.68, rel=0.01)
+    assert coverage.mean_best_iou > 0.98 and coverage.num_priors == 48
+    with pytest.raises(ValueError, match="need at least one prior"):
+        fit_priors(boxes, base, max_priors=15, **settings)
 
 
 TINY_SHAPES = [

@@ -20,20 +20,11 @@ import json
 import logging
 from pathlib import Path
 
-import numpy as np
-import torch
 import yaml
 
-from data.sources import prepare_data, read_records, resolve_class_names
-from engine.prior_fitting import (
-    Coverage,
-    fit_priors,
-    grid_limit,
-    prior_coverage,
-)
-from models.build import build_model, measure_feature_map_sizes
-from utils.cli import add_config_arguments, positive_int, run_command
-from utils.config import Config, load_config
+from engine.prior_fitting import RESTARTS, SAMPLE, Coverage, fit_config_priors
+from utils.cli import add_config_arguments, number_in, positive_int, run_command
+from utils.config import NON_NEGATIVE, Config, load_config
 from utils.log import setup_logging
 
 logger = logging.getLogger(__name__)
@@ -56,36 +47,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--sample",
         type=positive_int,
-        default=4000,
-        help="boxes the search scores each candidate on (default 4000; all are reported)",
+        default=SAMPLE,
+        help=f"boxes the search scores each candidate on (default {SAMPLE}; all are reported)",
+    )
+    parser.add_argument(
+        "--restarts",
+        type=number_in(int, NON_NEGATIVE),
+        default=RESTARTS,
+        help=f"searches restarted from the best settings shaken (default {RESTARTS})",
     )
     parser.add_argument("--out", type=Path, default=None, help="write the fitted YAML here")
     return parser.parse_intermixed_args(argv)
 
 
-def training_boxes(config: Config) -> torch.Tensor:
-    """Every box of the training sets, normalised by its image: ``[G, 4]`` xyxy."""
-    prepare_data(config)
-    records = read_records(config, "train", resolve_class_names(config))
-    boxes = [
-        record.boxes / np.array([record.width, record.height] * 2, dtype=np.float32)
-        for record in records
-    ]
-    return torch.from_numpy(np.concatenate([np.zeros((0, 4), np.float32), *boxes]))
-
-
-def coverage_table(name: str, coverage: Coverage) -> str:
-    lines = [
-        f"{name}: {coverage.num_priors} priors, {coverage.covered:.2%} of the boxes covered at "
-        f"IoU >= {coverage.threshold:g}, mean best IoU {coverage.mean_best_iou:.3f}"
-    ]
-    for low, high, count, covered in coverage.by_size:
-        band = f"{low:g}-{high:g} px" if high != float("inf") else f">= {low:g} px"
-        lines.append(f"  {band:<14}{count:>8} boxes  {covered:>8.2%} covered")
-    return "\n".join(lines)
-
-
-def fragment(config: Config, source: str, before: Coverage, after: Coverage) -> str:
+def fragment(config: Config, source: str, before: Coverage | None, after: Coverage) -> str:
     """The fitted ``priors`` section as YAML, with where it came from in comments."""
     priors = config.priors
     section = {
@@ -93,13 +68,14 @@ def fragment(config: Config, source: str, before: Coverage, after: Coverage) -> 
             "min_sizes": priors.min_sizes,
             "max_sizes": priors.max_sizes,
             "aspect_ratios": priors.aspect_ratios,
+            "steps": priors.steps,
         }
     }
     header = (
         f"# Priors fitted by python -m tools.fit_priors to the training boxes of {source}\n"
         f"# at {config.model.image_size} px: {after.num_priors} priors cover "
-        f"{after.covered:.2%} of the boxes at IoU >= {after.threshold:g} "
-        f"({before.covered:.2%} with the {before.num_priors} before).\n"
+        f"{after.covered:.2%} of the boxes at IoU >= {after.threshold:g}"
+        + (f" ({before.covered:.2%} with the {before.num_priors} before).\n" if before else ".\n")
     )
     return header + yaml.safe_dump(section, default_flow_style=None, sort_keys=False)
 
@@ -107,44 +83,40 @@ def fragment(config: Config, source: str, before: Coverage, after: Coverage) -> 
 def main(args: argparse.Namespace) -> int:
     setup_logging(is_main=True)
     config = load_config(args.config, args.overrides)
-    size = config.model.image_size
-    model = build_model(config, load_weights=False)
-    map_sizes = measure_feature_map_sizes(model.features, size)
-    boxes = training_boxes(config)
-    threshold = config.loss.iou_threshold
-    before = prior_coverage(boxes, model.priors_cxcywh, threshold=threshold, image_size=size)
-    limit = grid_limit(
-        boxes, image_size=size, map_sizes=map_sizes, steps=config.priors.steps, threshold=threshold
-    )
-    print(
-        f"{boxes.shape[0]} training boxes at {size} px; on these feature maps no prior settings "
-        f"can cover more than {limit:.2%} at IoU >= {threshold:g} (a prior of each box's own "
-        "shape at the nearest centre)"
-    )
-    print(coverage_table("current priors", before))
-    fitted, after = fit_priors(
-        boxes,
-        config.priors,
-        image_size=size,
-        map_sizes=map_sizes,
-        threshold=threshold,
-        max_priors=args.max_priors or before.num_priors,
+    result = fit_config_priors(
+        config,
+        max_priors=args.max_priors,
         seed=args.seed,
         sample=args.sample,
+        restarts=args.restarts,
     )
-    print(coverage_table("fitted priors", after))
-    text = fragment(
-        dataclasses.replace(config, priors=fitted),
-        str(args.config or "the default config"),
-        before,
-        after,
+    print(
+        f"{result.boxes} training boxes at {config.model.image_size} px; on these feature maps "
+        f"no prior settings can cover much more than {result.limit:.2%} at IoU >= "
+        f"{config.loss.iou_threshold:g} (the best of many prior shapes at each box's "
+        "nearest centre)"
     )
+    if result.before is not None:
+        print(result.before.describe("current priors"))
+    else:
+        print(
+            "current priors: they do not describe this network's feature maps; "
+            "the search starts from SSD's recipe"
+        )
+    print(result.after.describe("fitted priors"))
+    fitted = result.fitted
     print(
         "as overrides: "
         + " ".join(
             f"priors.{key}={json.dumps(getattr(fitted, key)).replace(' ', '')}"
-            for key in ("min_sizes", "max_sizes", "aspect_ratios")
+            for key in ("min_sizes", "max_sizes", "aspect_ratios", "steps")
         )
+    )
+    text = fragment(
+        dataclasses.replace(config, priors=fitted),
+        str(args.config or "the default config"),
+        result.before,
+        result.after,
     )
     if args.out is None:
         print(text, end="")

@@ -20,13 +20,19 @@ def draw_detections(
     image: np.ndarray,
     boxes: np.ndarray,
     labels: np.ndarray,
-    scores: np.ndarray,
+    scores: np.ndarray | None,
     class_names: Sequence[str],
     *,
     score_threshold: float = 0.3,
+    tags: bool = True,
 ) -> np.ndarray:
     """A copy of RGB ``image`` with boxes (pixels, xyxy) above ``score_threshold`` drawn,
-    each tagged ``name score``. Lines and text scale with the image size."""
+    each tagged ``name score``; without ``scores`` (ground truth) every box is drawn,
+    tagged ``name`` (no tags with ``tags=False``). Lines and text scale with the image
+    size."""
+    show_scores = scores is not None
+    if scores is None:
+        scores = np.ones(len(boxes), dtype=np.float32)
     canvas = np.ascontiguousarray(image).copy()
     height, width = canvas.shape[:2]
     scale = max(height, width) / 600.0
@@ -43,8 +49,10 @@ def draw_detections(
         x1, x2 = np.clip([x1, x2], 0, width - 1)
         y1, y2 = np.clip([y1, y2], 0, height - 1)
         cv2.rectangle(canvas, (x1, y1), (x2, y2), color, thickness, cv2.LINE_AA)
+        if not tags:
+            continue
         name = class_names[label - 1] if 0 < label <= len(class_names) else str(label)
-        text = f"{name} {score:.2f}"
+        text = f"{name} {score:.2f}" if show_scores else name
         (text_w, text_h), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
         top = y1 - text_h - baseline - 2 if y1 - text_h - baseline - 2 >= 0 else y1
         cv2.rectangle(canvas, (x1, top), (x1 + text_w + 4, top + text_h + baseline + 2), color, -1)

@@ -1,0 +1,202 @@
+"""tools.inspect_data (dataset report) and tools.make_config (a config from a folder)."""
+
+import dataclasses
+import json
+import xml.etree.ElementTree as ElementTree
+from collections import Counter
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+import train
+from data.records import ProblemReport, problem_kind
+from data.sources import read_records
+from data.statistics import split_statistics
+from data.voc import read_voc_format
+from engine.prior_fitting import fit_config_priors, ssd_rule_priors
+from tests.conftest import REPO_ROOT
+from tools import inspect_data, make_config
+from utils.checkpoint import load_checkpoint
+from utils.config import load_config
+
+QUICKSTART = REPO_ROOT / "configs" / "quickstart_shapes.yaml"
+
+
+def write_custom_folder(root):
+    """Four images with VOC XML: two good ones, one box inverted, one box reaching out
+    of its image, one object of an unknown class, one image without annotation."""
+    root.mkdir(parents=True)
+    objects = {
+        "a": [("cat", (10, 10, 40, 30)), ("dog", (5, 5, 60, 60)), ("cat", (1, 1, 8, 20))],
+        "b": [("dog", (20, 30, 50, 45))],
+        "c": [("cat", (30, 10, 20, 40)), ("cat", (50, 50, 90, 70)), ("bird", (1, 1, 5, 5))],
+        "d": [("dog", (1, 1, 30, 30)), ("cat", (2, 2, 12, 12))],
+    }
+    for name, items in objects.items():
+        cv2.imwrite(str(root / f"{name}.png"), np.full((64, 80, 3), 128, np.uint8))
+        parts = [f"<annotation><filename>{name}.png</filename>"]
+        parts.append("<size><width>80</width><height>64</height><depth>3</depth></size>")
+        for class_name, (x1, y1, x2, y2) in items:
+            parts.append(
+                f"<object><name>{class_name}</name><difficult>0</difficult><bndbox>"
+                f"<xmin>{x1}</xmin><ymin>{y1}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax>"
+                "</bndbox></object>"
+            )
+        (root / f"{name}.xml").write_text("".join(parts) + "</annotation>")
+    cv2.imwrite(str(root / "unannotated.png"), np.zeros((8, 8, 3), np.uint8))
+    return root
+
+
+def test_statistics_equal_direct_counts(tmp_path):
+    root = write_custom_folder(tmp_path / "custom")
+    problems = ProblemReport("skip")
+    records = read_voc_format(root, "all", ["cat", "dog"], problems)
+    stats = split_statistics("train", records, ["cat", "dog"], 100, problems)
+
+    # Counted straight from the XML files, applying the reader's rules by hand: the
+    # inverted box (c, x 30 -> 20) and the unknown class (bird) are left out.
+    kept = []
+    for path in sorted(root.glob("*.xml")):
+        for element in ElementTree.parse(path).getroot().iter("object"):
+            box = [
+                float(element.findtext(f"bndbox/{tag}")) for tag in ("xmin", "ymin", "xmax", "ymax")
+            ]
+            name = element.findtext("name")
+            if name in ("cat", "dog") and box[2] > box[0]:
+                kept.append((path.stem, name, box))
+    assert stats.images == 4 and stats.objects == len(kept) == 7
+    assert (
+        stats.objects_per_class
+        == dict(Counter(name for _, name, _ in kept))
+        == {"cat": 4, "dog": 3}
+    )
+    assert stats.images_per_class == {"cat": 3, "dog": 3}
+    assert stats.objects_per_image == dict(Counter(Counter(stem for stem, _, _ in kept).values()))
+    # Widths and heights at the 100 px input: VOC boxes [xmin - 1, xmax], scaled by
+    # 100/80 and 100/64; the box reaching past x = 80 is clipped to the image.
+    expected_widths = sorted((min(box[2], 80) - (box[0] - 1)) * 100 / 80 for _, _, box in kept)
+    expected_heights = sorted((min(box[3], 64) - (box[1] - 1)) * 100 / 64 for _, _, box in kept)
+    np.testing.assert_allclose(sorted(stats.widths), expected_widths, rtol=1e-6)
+    np.testing.assert_allclose(sorted(stats.heights), expected_heights, rtol=1e-6)
+    assert stats.difficult == 0
+    # One problem of each kind, with its first message.
+    counts = {kind: count for kind, (count, _) in stats.problems.items()}
+    assert counts == {
+        "box N [...] is inverted or empty; left out": 1,
+        "box N [...] reaches outside the NxN image; clipped to [...]": 1,
+        "N objects of unknown classes '...' left out; known classes: cat, dog": 1,
+        "N images have no XML annotation and are left out: unannotated.png": 1,
+    }
+    assert stats.problems["box N [...] is inverted or empty; left out"][1].startswith(
+        str(root / "c.xml")
+    )
+
+
+def test_problem_kinds_group_the_same_problem():
+    assert problem_kind("box 3 [1, 2, 0, 5] is inverted or empty; left out") == problem_kind(
+        "box 0 [7.5, 2, 1, 9] is inverted or empty; left out"
+    )
+    assert problem_kind(
+        "2 objects of unknown classes 'a' (1), 'b' (1) left out; known classes: x"
+    ) == ("N objects of unknown classes '...' left out; known classes: x")
+
+
+def test_inspect_data_reports_and_draws(tiny_shapes_root, tmp_path, capsys):
+    overrides = [f"data.root={tiny_shapes_root}", "data.shapes_train_images=16",
+                 "data.shapes_val_images=6", "data.shapes_image_size=96"]  # fmt: skip
+    out = tmp_path / "inspect"
+    for augmented in ([], ["--augmented"]):
+        args = inspect_data.parse_args(
+            ["--config", str(QUICKSTART), *overrides, "--out", str(out), "--grid", "5", *augmented]
+        )
+        assert inspect_data.main(args) == 0
+    printed = capsys.readouterr().out
+    config = load_config(QUICKSTART, overrides)
+    records = read_records(config, "train", ["ellipse", "rectangle", "triangle", "star", "cross"])
+    objects = sum(record.num_objects for record in records)
+    assert f"train sets ['train']: 16 images, {objects} objects" in printed
+    assert "val sets ['val']: 6 images" in printed
+    for name in ("boxes.png", "grid.png", "grid_augmented.png"):
+        image = cv2.imread(str(out / name))
+        assert image is not None and image.shape[0] > 300 and image.shape[1] > 300
+    # Five tiles of 320 px in rows of four, under them the class legend.
+    assert cv2.imread(str(out / "grid.png")).shape[1] == 4 * 324
+
+
+def make(argv):
+    return make_config.main(make_config.parse_args([str(item) for item in argv]))
+
+
+def test_make_config_output_trains_as_written(tiny_shapes_root, tmp_path):
+    out = tmp_path / "configs" / "mine.yaml"
+    assert make(["--data", tiny_shapes_root, "--base", QUICKSTART, "--image-size", 96,
+                 "--out", out]) == 0  # fmt: skip
+    text = out.read_text()
+    written = yaml.safe_load(text)
+    config = load_config(out)
+    # Classes found in the XML (sorted), splits from ImageSets/Main/{train,val}.txt.
+    names = ["cross", "ellipse", "rectangle", "star", "triangle"]
+    assert config.data.class_names == names and config.model.num_classes == 6
+    assert config.data.dataset == "custom" and config.data.root == str(tiny_shapes_root)
+    assert (config.data.train_sets, config.data.val_sets) == (["train"], ["val"])
+    assert config.model.image_size == 96 and config.model.width_multiplier == 0.125
+    assert "# 5 classes + background" in text and "# from the split lists train.txt" in text
+    assert "output_dir" not in written.get("train", {})
+    # The priors are the fit of these boxes at 96 px (deterministic), from SSD's recipe
+    # since the base's were made for 160 px.
+    start = dataclasses.replace(config, priors=ssd_rule_priors(config.priors, 96, 4))
+    fit = fit_config_priors(start)
+    assert config.priors == fit.fitted and config.priors.steps is None
+    assert f"cover {fit.after.covered:.2%}" in text.replace("\n  # ", " ")
+    # train.py runs it as written (the overrides only keep the test short).
+    output = tmp_path / "run"
+    arguments = ["--config", str(out), f"train.output_dir={output}", "train.epochs=1",
+                 "data.num_workers=0", "train.batch_size=8"]  # fmt: skip
+    assert train.main(train.parse_args(arguments)) == 0
+    checkpoint = load_checkpoint(output / "last.pt")
+    assert checkpoint["class_names"] == names and checkpoint["iteration"] == 2
+
+
+def test_make_config_reads_coco_json(shared_dir, tmp_path):
+    out = tmp_path / "coco.yaml"
+    root = shared_dir / "data" / "voc_mini"
+    assert make(["--data", root, "--base", QUICKSTART, "--out", out]) == 0
+    config = load_config(out)
+    assert config.data.dataset == "coco"
+    # One JSON file: it serves both sets, its images found under VOC2012/JPEGImages.
+    assert config.data.train_sets == ["annotations/instances_voc_mini.json:VOC2012/JPEGImages"]
+    assert config.data.val_sets == config.data.train_sets
+    # Category-id order (not VOC's alphabetical one), 20 classes.
+    categories = json.loads((root / "annotations" / "instances_voc_mini.json").read_text())
+    by_id = sorted(categories["categories"], key=lambda item: item["id"])
+    assert config.data.class_names == [item["name"] for item in by_id]
+    assert config.model.num_classes == 21
+    assert "no held-out images" in out.read_text()
+
+
+def test_make_config_errors_name_the_problem(shared_dir, tmp_path, capsys):
+    trees = shared_dir / "data" / "trees"
+    out = tmp_path / "trees.yaml"
+    with pytest.raises(
+        make_config.MakeConfigError, match="Pine not among the classes found: Alive, Dead, Tree"
+    ):
+        make_config.derive_config(
+            load_config(QUICKSTART),
+            make_config.parse_args(
+                ["--data", str(trees), "--out", str(out), "--classes", "Tree,Pine"]
+            ),
+        )
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(make_config.MakeConfigError, match="no annotations found"):
+        make(["--data", empty, "--out", out])
+    assert not out.exists()
+
+
+def test_detection_cap_leaves_room_for_the_most_crowded_image():
+    # 279 trees in one image -> 418.5 -> 500; a few objects keep the base's 200.
+    assert make_config.detection_cap(279, 200) == 500
+    assert make_config.detection_cap(134, 200) == 300
+    assert make_config.detection_cap(6, 200) == 200

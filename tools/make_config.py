@@ -1,0 +1,367 @@
+"""Write a training config for a folder of annotated images, priors fitted to its boxes.
+
+    python -m tools.make_config --data ../shared/data/trees --out configs/trees.yaml
+    python -m tools.make_config --data DIR --format coco --image-size 512 \\
+        --base configs/fssd512_voc.yaml --out configs/my_data_512.yaml
+    python train.py --config configs/trees.yaml
+
+Starts from ``--base`` (the network, training and augmentation settings) and derives
+from the data:
+
+- the data section: ``custom`` for a folder of VOC XML files (with the images beside
+  them or in ``JPEGImages/``/``images/``), ``coco`` for COCO JSON; the training and
+  validation splits from ``ImageSets/Main/{train,val}.txt`` (or ``trainval``/``test``),
+  from JSON files named ``*train*``/``*val*``, or, with neither, every image for both
+  (no held-out images: the written file says so);
+- the class names found in the annotations (``--classes`` picks and orders them) and
+  ``model.num_classes``;
+- the input size (``--image-size``; a size other than the base's starts the priors
+  from SSD's recipe);
+- the priors, fitted to the training boxes at that size as ``python -m
+  tools.fit_priors`` does, with at most as many priors as the base has.
+
+Every derived value is explained by a comment in the written YAML; the rest is the
+base's, written out so that the file stands alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from data.coco import coco_class_names, load_coco
+from data.sources import read_records
+from data.voc import annotation_files, discover_class_names, read_split_ids
+from engine.prior_fitting import PriorFit, fit_config_priors, ssd_rule_priors
+from models.build import feature_map_sizes
+from utils.cli import positive_int, run_command
+from utils.config import Config, config_to_dict, load_config
+from utils.errors import UserError
+from utils.log import setup_logging
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BASE = Path("configs/fssd300_voc.yaml")
+SPLIT_PAIRS = (("train", "val"), ("trainval", "test"))
+
+
+class MakeConfigError(UserError, ValueError):
+    """The data folder cannot be turned into a config; the message says why."""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="A training config for a folder of annotated images.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
+    parser.add_argument("--data", type=Path, required=True, help="the dataset folder")
+    parser.add_argument(
+        "--format",
+        choices=("voc", "coco"),
+        default=None,
+        help="annotation format (default: coco if the folder holds JSON and no XML)",
+    )
+    parser.add_argument("--out", type=Path, required=True, help="the config file to write")
+    parser.add_argument(
+        "--base",
+        type=Path,
+        default=DEFAULT_BASE,
+        help=f"config whose network and training settings to start from (default {DEFAULT_BASE})",
+    )
+    parser.add_argument(
+        "--image-size", type=positive_int, default=None, help="input size (default: the base's)"
+    )
+    parser.add_argument(
+        "--classes",
+        default=None,
+        help="comma-separated class names to train on, in label order (default: all found)",
+    )
+    parser.add_argument(
+        "--max-priors",
+        type=positive_int,
+        default=None,
+        help="most priors the fitted settings may have (default: as many as the base's)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the prior search's sample")
+    return parser.parse_intermixed_args(argv)
+
+
+@dataclasses.dataclass
+class DataLayout:
+    """How a data folder is read: the dataset kind, its sets, the class names found."""
+
+    dataset: str
+    train_sets: list[str]
+    val_sets: list[str]
+    class_names: list[str]
+    note: str  # how the sets were found, for the written comments
+
+
+def detect_format(root: Path) -> str:
+    if any(root.glob("*.xml")) or any((root / "Annotations").glob("*.xml")):
+        return "voc"
+    if any(root.glob("*.json")) or any((root / "annotations").glob("*.json")):
+        return "coco"
+    raise MakeConfigError(
+        f"{root}: no annotations found: neither VOC XML files (in the folder or in "
+        "Annotations/) nor COCO JSON files (in the folder or in annotations/)"
+    )
+
+
+def voc_layout(root: Path) -> DataLayout:
+    """Splits from ``ImageSets/Main`` lists when a train/val pair exists, else ``all``."""
+    for train, val in SPLIT_PAIRS:
+        try:
+            read_split_ids(root, train), read_split_ids(root, val)
+        except FileNotFoundError:
+            continue
+        sets, note = ([train], [val]), f"from the split lists {train}.txt and {val}.txt"
+        break
+    else:
+        sets = (["all"], ["all"])
+        note = (
+            "there are no ImageSets/Main/{train,val}.txt split lists, so every annotated image is "
+            "used for training and for validation (no held-out images: the validation "
+            "mAP is a training-set number; add the two lists for a real one)"
+        )
+    files = sorted(
+        {path for split in (*sets[0], *sets[1]) for path in annotation_files(root, split)}
+    )
+    if not files:
+        raise MakeConfigError(f"{root}: no XML annotation files in the folder or in Annotations/")
+    names = discover_class_names(files)
+    if not names:
+        raise MakeConfigError(f"{root}: the {len(files)} XML files name no objects")
+    return DataLayout("custom", sets[0], sets[1], names, note)
+
+
+def _image_folder(root: Path, annotation_file: Path, coco: Any) -> Path:
+    """The folder under ``root`` holding the images the file names."""
+    if not coco.imgs:
+        raise MakeConfigError(f"{annotation_file}: lists no images")
+    file_name = next(iter(coco.imgs.values()))["file_name"]
+    for folder in (root / "images", root / annotation_file.stem, root):
+        if (folder / file_name).is_file():
+            return folder
+    depth = len(Path(file_name).parts)
+    for path in sorted(root.rglob(Path(file_name).name)):
+        folder = Path(*path.parts[: len(path.parts) - depth])
+        if (folder / file_name).is_file():
+            return folder
+    raise MakeConfigError(f"{annotation_file}: its images (e.g. {file_name}) are not under {root}")
+
+
+def coco_layout(root: Path) -> DataLayout:
+    """Sets from the JSON files: one named ``*train*`` and one ``*val*`` (or
+    ``*test*``), or a single file for both."""
+    files = sorted(root.glob("*.json")) + sorted((root / "annotations").glob("*.json"))
+    train = [path for path in files if "train" in path.stem.lower()]
+    val = [path for path in files if "val" in path.stem.lower() or "test" in path.stem.lower()]
+    if train and val:
+        chosen, note = (
+            (train[0], val[0]),
+            f"from {train[0].name} for training, {val[0].name} for validation",
+        )
+    elif len(files) == 1:
+        chosen = (files[0], files[0])
+        note = (
+            f"there is one annotation file, {files[0].name}, for training and for validation (no "
+            "held-out images: the validation AP is a training-set number)"
+        )
+    else:
+        raise MakeConfigError(
+            f"{root}: {len(files)} COCO JSON files and not one named *train* and one "
+            f"*val*: {', '.join(path.name for path in files) or 'none'}"
+        )
+    sets = []
+    for annotation_file in chosen:
+        try:
+            coco = load_coco(annotation_file)
+        except (FileNotFoundError, ValueError) as error:
+            raise MakeConfigError(str(error)) from error
+        folder = _image_folder(root, annotation_file, coco)
+        relative = (annotation_file.relative_to(root), folder.relative_to(root))
+        sets.append(f"{relative[0].as_posix()}:{relative[1].as_posix()}")
+    names = coco_class_names(load_coco(chosen[0]))
+    if not names:
+        raise MakeConfigError(f"{chosen[0]}: no categories")
+    return DataLayout("coco", [sets[0]], [sets[1]], names, note)
+
+
+def detection_cap(most_objects: int, current: int) -> int:
+    """Detections kept per image: ``current``, or 1.5 times the most objects in a
+    training image rounded up to a hundred when that is more."""
+    return max(current, math.ceil(most_objects * 1.5 / 100) * 100)
+
+
+def choose_classes(found: list[str], wanted: str | None) -> list[str]:
+    if wanted is None:
+        return found
+    names = [name.strip() for name in wanted.split(",") if name.strip()]
+    missing = [name for name in names if name not in found]
+    if missing or not names:
+        raise MakeConfigError(
+            f"--classes {wanted}: {', '.join(missing) or 'no names'} not among the classes "
+            f"found: {', '.join(found)}"
+        )
+    return names
+
+
+def derive_config(
+    base: Config, args: argparse.Namespace
+) -> tuple[Config, DataLayout, PriorFit, dict[str, str]]:
+    """The config for the data, the layout found, the prior fit and a comment per
+    derived key (``section.key``)."""
+    root = args.data
+    if not root.is_dir():
+        raise MakeConfigError(f"{root}: no such folder")
+    layout = (
+        voc_layout(root) if (args.format or detect_format(root)) == "voc" else coco_layout(root)
+    )
+    names = choose_classes(layout.class_names, args.classes)
+    size = args.image_size or base.model.image_size
+    config = dataclasses.replace(
+        base,
+        model=dataclasses.replace(base.model, num_classes=len(names) + 1, image_size=size),
+        data=dataclasses.replace(
+            base.data,
+            dataset=layout.dataset,
+            root=str(root),
+            train_sets=layout.train_sets,
+            val_sets=layout.val_sets,
+            class_names=names,
+        ),
+        train=dataclasses.replace(base.train, output_dir=""),
+    )
+    num_maps = len(feature_map_sizes(config.model))
+    start = "the base's priors"
+    if size != base.model.image_size or len(base.priors.min_sizes) != num_maps:
+        config = dataclasses.replace(config, priors=ssd_rule_priors(base.priors, size, num_maps))
+        start = f"SSD's recipe for {num_maps} maps at {size} px (the base's are for another size)"
+    records = read_records(config, "train", names)
+    try:
+        fit = fit_config_priors(config, max_priors=args.max_priors, seed=args.seed, records=records)
+    except ValueError as error:
+        raise MakeConfigError(f"{root}: {error}") from error
+    config = dataclasses.replace(config, priors=fit.fitted)
+    before = f"{fit.before.covered:.2%} with {start}" if fit.before is not None else start
+    unused = sorted(set(layout.class_names) - set(names))
+    kind = "a folder of VOC XML annotations" if layout.dataset == "custom" else "COCO JSON"
+    comments = {
+        "model.num_classes": f"{len(names)} classes + background",
+        "model.image_size": "--image-size" if args.image_size else f"the base's ({args.base})",
+        "priors.min_sizes": (
+            f"fitted to the {fit.boxes} training boxes at {size} px (python -m "
+            f"tools.fit_priors): {fit.after.num_priors} priors cover {fit.after.covered:.2%} "
+            f"of them at IoU >= {fit.after.threshold:g} (loss.iou_threshold; {before}); no "
+            f"prior settings can cover much more than {fit.limit:.2%} on these feature maps"
+        ),
+        "data.dataset": f"from --data {root}: {kind}",
+        "data.root": "relative to the folder train.py runs in",
+        "data.train_sets": layout.note,
+        "data.class_names": "the object names found in the annotations"
+        + (f" (--classes; left out: {', '.join(unused)})" if unused else "")
+        + "; label k is the k-th",
+    }
+    most = max(record.num_objects for record in records)
+    cap = detection_cap(most, base.postprocess.max_detections)
+    if cap > base.postprocess.max_detections:
+        post = config.postprocess
+        config = dataclasses.replace(
+            config,
+            postprocess=dataclasses.replace(
+                post, max_detections=cap, pre_nms_topk=max(cap, post.pre_nms_topk)
+            ),
+        )
+        comments["postprocess.pre_nms_topk"] = (
+            f"a training image holds {most} objects: room for 1.5 times as many detections "
+            f"per class before NMS and per image after it (the base keeps {post.max_detections})"
+        )
+    return config, layout, fit, comments
+
+
+def render(config: Config, base_path: Path, comments: dict[str, str], header: str) -> str:
+    """The config as YAML: the keys that differ from the code defaults or are derived,
+    section by section, each derived key under its comment."""
+    values, defaults = config_to_dict(config), config_to_dict(Config())
+    lines = [f"# {line}" if line else "#" for line in header.splitlines()]
+    for section, content in values.items():
+        keys = [
+            key
+            for key, value in content.items()
+            if value != defaults[section][key] or f"{section}.{key}" in comments
+        ]
+        if section == "train":
+            keys = [key for key in keys if key != "output_dir"]
+        if not keys:
+            continue
+        lines.append(f"{section}:")
+        for key in keys:
+            comment = comments.get(f"{section}.{key}")
+            if comment:
+                lines += [f"  # {part}" for part in _wrap(comment)]
+            lines.append(f"  {_yaml_item(key, content[key])}")
+    return "\n".join(lines) + "\n"
+
+
+def _yaml_item(key: str, value: Any) -> str:
+    """``key: value`` on one line, lists in flow style."""
+    if isinstance(value, list | tuple | dict):
+        return f"{key}: " + yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+    return yaml.safe_dump({key: value}, default_flow_style=False).strip()
+
+
+def _wrap(text: str, width: int = 84) -> list[str]:
+    words, lines, line = text.split(), [], ""
+    for word in words:
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}" if line else word
+    return [*lines, line] if line else lines
+
+
+def main(args: argparse.Namespace) -> int:
+    setup_logging(is_main=True)
+    base = load_config(args.base)
+    config, layout, fit, comments = derive_config(base, args)
+    header = (
+        f"Written by python -m tools.make_config --data {args.data}"
+        + (f" --image-size {args.image_size}" if args.image_size else "")
+        + f" --base {args.base}.\n"
+        f"Network, training and augmentation settings: {args.base}; the commented keys\n"
+        "were derived from the data. Train with python train.py --config THIS_FILE."
+    )
+    text = render(config, args.base, comments, header)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    temporary = args.out.with_name(args.out.name + ".tmp")
+    temporary.write_text(text, encoding="utf-8")
+    written = load_config(temporary)
+    expected = dataclasses.replace(
+        config, train=dataclasses.replace(config.train, output_dir=written.train.output_dir)
+    )
+    if config_to_dict(written) != config_to_dict(expected):
+        temporary.unlink()
+        raise AssertionError("the written config does not read back as the derived one")
+    temporary.replace(args.out)
+    print(
+        f"{layout.dataset} data in {args.data}: {len(config.data.class_names)} classes "
+        f"({', '.join(config.data.class_names)}); train {layout.train_sets}, val {layout.val_sets}"
+    )
+    if fit.before is not None:
+        print(fit.before.describe("starting priors"))
+    print(fit.after.describe("fitted priors"))
+    print(f"wrote {args.out}; train with: python train.py --config {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_command(main, parse_args)

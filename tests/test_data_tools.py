@@ -14,7 +14,7 @@ import train
 from data.records import ProblemReport, problem_kind
 from data.sources import read_records
 from data.statistics import split_statistics
-from data.voc import read_voc_format
+from data.voc import VOC_CLASSES, read_voc_format
 from engine.prior_fitting import fit_config_priors, ssd_rule_priors
 from tests.conftest import REPO_ROOT
 from tools import inspect_data, make_config
@@ -162,7 +162,8 @@ def test_make_config_output_trains_as_written(tiny_shapes_root, tmp_path):
 def test_make_config_reads_coco_json(shared_dir, tmp_path):
     out = tmp_path / "coco.yaml"
     root = shared_dir / "data" / "voc_mini"
-    assert make(["--data", root, "--base", QUICKSTART, "--out", out]) == 0
+    # The folder is also a VOCdevkit (XML wins without --format).
+    assert make(["--data", root, "--format", "coco", "--base", QUICKSTART, "--out", out]) == 0
     config = load_config(out)
     assert config.data.dataset == "coco"
     # One JSON file: it serves both sets, its images found under VOC2012/JPEGImages.
@@ -174,6 +175,60 @@ def test_make_config_reads_coco_json(shared_dir, tmp_path):
     assert config.data.class_names == [item["name"] for item in by_id]
     assert config.model.num_classes == 21
     assert "no held-out images" in out.read_text()
+
+
+def write_devkit(root, years):
+    """A VOCdevkit: per year, the custom folder's files in VOC's folders and the split
+    lists given (``None``: a list whose images have no XML, like VOC2012's test)."""
+    source = write_custom_folder(root / "source")
+    for year, lists in years.items():
+        folder = root / f"VOC{year}"
+        for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+            (folder / sub).mkdir(parents=True)
+        for name in "abcd":
+            (folder / "Annotations" / f"{name}.xml").write_bytes(
+                (source / f"{name}.xml").read_bytes()
+            )
+            (folder / "JPEGImages" / f"{name}.png").write_bytes(
+                (source / f"{name}.png").read_bytes()
+            )
+        for split, ids in lists.items():
+            (folder / "ImageSets" / "Main" / f"{split}.txt").write_text(
+                "\n".join(ids or ["x1", "x2"])
+            )
+
+
+def test_make_config_reads_a_vocdevkit(shared_dir, tmp_path):
+    # VOC07+12: both years' trainval for training, VOC2007's test for validation;
+    # VOC2012's test list has no annotations.
+    root = tmp_path / "VOCdevkit"
+    write_devkit(
+        root, {"2007": {"trainval": "ab", "test": "cd"}, "2012": {"trainval": "abc", "test": None}}
+    )
+    config, layout, _, comments = make_config.derive_config(
+        load_config(QUICKSTART), make_config.parse_args(["--data", str(root), "--out", "x.yaml"])
+    )
+    assert (layout.dataset, layout.train_sets, layout.val_sets) == (
+        "voc", ["2007/trainval", "2012/trainval"], ["2007/test"])  # fmt: skip
+    assert config.data.class_names == ["bird", "cat", "dog"] and config.model.num_classes == 4
+    assert comments["data.dataset"].endswith("a VOCdevkit with VOC2007, VOC2012")
+    # No annotated test list: train and val.
+    root = tmp_path / "VOCdevkit2"
+    write_devkit(root, {"2012": {"train": "ab", "val": "d", "trainval": "abd", "test": None}})
+    layout = make_config.voc_layout(root)
+    assert (layout.train_sets, layout.val_sets) == (["2012/train"], ["2012/val"])
+    assert layout.class_names == ["cat", "dog"]
+    # The shared VOC photos: VOC's 20 classes, read as test.py reads VOC.
+    out = tmp_path / "voc_mini.yaml"
+    assert (
+        make(["--data", shared_dir / "data" / "voc_mini", "--base", QUICKSTART, "--out", out]) == 0
+    )
+    config = load_config(out)
+    assert (config.data.dataset, config.data.train_sets, config.data.val_sets) == (
+        "voc", ["2012/trainval"], ["2012/test"])  # fmt: skip
+    assert config.data.class_names == list(VOC_CLASSES)
+    ids = (shared_dir / "data/voc_mini/VOC2012/ImageSets/Main/test.txt").read_text().split()
+    assert len(read_records(config, "val", list(VOC_CLASSES))) == len(ids)
 
 
 def test_make_config_errors_name_the_problem(shared_dir, tmp_path, capsys):
@@ -191,6 +246,9 @@ def test_make_config_errors_name_the_problem(shared_dir, tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(make_config.MakeConfigError, match="no annotations found"):
+        make(["--data", empty, "--out", out])
+    (empty / "VOCdevkit").mkdir()  # the folder above a VOCdevkit: say which to pass
+    with pytest.raises(make_config.MakeConfigError, match="pass the VOCdevkit folder: --data"):
         make(["--data", empty, "--out", out])
     assert not out.exists()
 

@@ -8,11 +8,14 @@
 Starts from ``--base`` (the network, training and augmentation settings) and derives
 from the data:
 
-- the data section: ``custom`` for a folder of VOC XML files (with the images beside
-  them or in ``JPEGImages/``/``images/``), ``coco`` for COCO JSON; the training and
-  validation splits from ``ImageSets/Main/{train,val}.txt`` (or ``trainval``/``test``),
-  from JSON files named ``*train*``/``*val*``, or, with neither, every image for both
-  (no held-out images: the written file says so);
+- the data section: ``voc`` for a VOCdevkit (``VOC2007/``, ``VOC2012/``, ...: every
+  year's ``trainval`` for training and the annotated ``test`` lists for validation, as
+  in VOC07+12, else ``train``/``val``), ``custom`` for a folder of VOC XML files (with
+  the images beside them or in ``JPEGImages/``/``images/``), ``coco`` for COCO JSON
+  (chosen when the folder holds JSON and no XML; ``--format coco`` otherwise); the
+  training and validation splits from ``ImageSets/Main/{train,val}.txt`` (or
+  ``trainval``/``test``), from JSON files named ``*train*``/``*val*``, or, with
+  neither, every image for both (no held-out images: the written file says so);
 - the class names found in the annotations (``--classes`` picks and orders them) and
   ``model.num_classes``;
 - the input size (``--image-size``; a size other than the base's starts the priors
@@ -37,7 +40,13 @@ import yaml
 
 from data.coco import coco_class_names, load_coco
 from data.sources import read_records
-from data.voc import annotation_files, discover_class_names, read_split_ids
+from data.voc import (
+    annotation_dir,
+    annotation_files,
+    discover_class_names,
+    read_split_ids,
+    voc_year_folder,
+)
 from engine.prior_fitting import PriorFit, fit_config_priors, ssd_rule_priors
 from models.build import feature_map_sizes
 from utils.cli import positive_int, run_command
@@ -104,19 +113,83 @@ class DataLayout:
     note: str  # how the sets were found, for the written comments
 
 
-def detect_format(root: Path) -> str:
-    if any(root.glob("*.xml")) or any((root / "Annotations").glob("*.xml")):
-        return "voc"
-    if any(root.glob("*.json")) or any((root / "annotations").glob("*.json")):
-        return "coco"
-    raise MakeConfigError(
-        f"{root}: no annotations found: neither VOC XML files (in the folder or in "
-        "Annotations/) nor COCO JSON files (in the folder or in annotations/)"
+def _has_xml(root: Path) -> bool:
+    return any(root.glob("*.xml")) or any((root / "Annotations").glob("*.xml"))
+
+
+def devkit_years(root: Path) -> list[str]:
+    """Years of the ``VOC<year>`` folders with XML annotations in ``root`` (a VOCdevkit)."""
+    return sorted(
+        folder.name[3:]
+        for folder in root.glob("VOC*")
+        if folder.name[3:] and any((folder / "Annotations").glob("*.xml"))
     )
 
 
+def detect_format(root: Path) -> str:
+    if _has_xml(root) or devkit_years(root):
+        return "voc"
+    if any(root.glob("*.json")) or any((root / "annotations").glob("*.json")):
+        return "coco"
+    hint = ""
+    if (root / "VOCdevkit").is_dir():
+        hint = f"; for Pascal VOC pass the VOCdevkit folder: --data {root / 'VOCdevkit'}"
+    raise MakeConfigError(
+        f"{root}: no annotations found: neither VOC XML files (in the folder, in "
+        "Annotations/ or in VOC<year>/Annotations/) nor COCO JSON files (in the folder or "
+        f"in annotations/){hint}"
+    )
+
+
+def _annotated_list(folder: Path, split: str) -> bool:
+    """Whether ``ImageSets/Main/<split>.txt`` exists and its first image has its XML (VOC
+    2012's test list comes without annotations)."""
+    try:
+        ids = read_split_ids(folder, split)
+    except FileNotFoundError:
+        return False
+    return bool(ids) and (annotation_dir(folder) / f"{ids[0]}.xml").is_file()
+
+
+def devkit_layout(root: Path, years: list[str]) -> DataLayout:
+    """A VOCdevkit: every year's ``trainval`` for training and the annotated ``test``
+    lists for validation (VOC07+12's protocol), or ``train``/``val`` when no year has an
+    annotated test list."""
+    folders = {year: root / f"VOC{year}" for year in years}
+    tested = [year for year in years if _annotated_list(folders[year], "test")]
+    train_split, val_split = ("trainval", "test") if tested else ("train", "val")
+    train = [
+        f"{year}/{train_split}" for year in years if _annotated_list(folders[year], train_split)
+    ]
+    val = [f"{year}/{val_split}" for year in years if _annotated_list(folders[year], val_split)]
+    if not train or not val:
+        raise MakeConfigError(
+            f"{root}: a VOCdevkit ({', '.join(f'VOC{year}' for year in years)}) without "
+            "ImageSets/Main lists for training and validation (trainval.txt and test.txt, "
+            "or train.txt and val.txt) whose annotations exist"
+        )
+    files = [
+        path
+        for set_name in (*train, *val)
+        for path in annotation_files(*voc_year_folder(root, set_name))
+        if path.is_file()
+    ]
+    names = discover_class_names(files)
+    if not names:
+        raise MakeConfigError(f"{root}: the {len(files)} XML files name no objects")
+    note = (
+        f"the VOCdevkit's split lists: {', '.join(train)} for training, "
+        f"{', '.join(val)} for validation"
+    )
+    return DataLayout("voc", train, val, names, note)
+
+
 def voc_layout(root: Path) -> DataLayout:
-    """Splits from ``ImageSets/Main`` lists when a train/val pair exists, else ``all``."""
+    """A VOCdevkit (``VOC<year>`` folders), else a folder of XML files: splits from
+    ``ImageSets/Main`` lists when a train/val pair exists, else ``all``."""
+    years = devkit_years(root)
+    if years and not _has_xml(root):
+        return devkit_layout(root, years)
     for train, val in SPLIT_PAIRS:
         try:
             read_split_ids(root, train), read_split_ids(root, val)
@@ -253,7 +326,12 @@ def derive_config(
     config = dataclasses.replace(config, priors=fit.fitted)
     before = f"{fit.before.covered:.2%} with {start}" if fit.before is not None else start
     unused = sorted(set(layout.class_names) - set(names))
-    kind = "a folder of VOC XML annotations" if layout.dataset == "custom" else "COCO JSON"
+    years = sorted({name.partition("/")[0] for name in layout.train_sets + layout.val_sets})
+    kind = {
+        "custom": "a folder of VOC XML annotations",
+        "voc": f"a VOCdevkit with {', '.join(f'VOC{year}' for year in years)}",
+        "coco": "COCO JSON",
+    }[layout.dataset]
     comments = {
         "model.num_classes": f"{len(names)} classes + background",
         "model.image_size": "--image-size" if args.image_size else f"the base's ({args.base})",

@@ -50,7 +50,7 @@ from torch import nn
 from data.records import IMAGE_EXTENSIONS
 from engine.export import build_pipeline as build_export_pipeline
 from engine.inference import (
-    InferencePipeline,
+    DetectorPipeline,
     NetworkRunner,
     SpeedOptions,
     grad_mode,
@@ -182,7 +182,7 @@ class Runner:
 
 
 class PipelineRunner(Runner):
-    def __init__(self, name: str, pipeline: InferencePipeline, num_classes: int) -> None:
+    def __init__(self, name: str, pipeline: DetectorPipeline, num_classes: int) -> None:
         self.name = name
         self.pipeline = pipeline
         self.network = pipeline.model
@@ -309,7 +309,7 @@ def build_pipeline(
     backend: str,
     int8: bool,
     onnx_path: Path | None = None,
-) -> InferencePipeline:
+) -> DetectorPipeline:
     def calibration() -> list[np.ndarray]:
         # The timed images themselves (--images, else random ones): the weights may be
         # random too, and no training set is needed.
@@ -380,7 +380,7 @@ def matmul_gflops(device: torch.device, size: int = 2048, repeats: int = 5) -> f
 
 def build_runners(
     args: argparse.Namespace, device: torch.device
-) -> tuple[list[Runner], Any, InferencePipeline]:
+) -> tuple[list[Runner], Any, DetectorPipeline]:
     """Ours (``--backend``, ``--int8``) and each ``--also`` variant of it, each on every
     backend ``--compare`` names, and with ``--compare torchvision`` torchvision's SSD300
     with the same speed paths (:func:`peer_options`) and the config's class count; the

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from engine.inference import (
+    DetectorPipeline,
     InferencePipeline,
     OnnxRuntimePipeline,
     SpeedOptions,
@@ -384,7 +385,7 @@ def build_pipeline(
     options: SpeedOptions,
     onnx_path: str | Path | None = None,
     calibration: Callable[[], list[np.ndarray]] | None = None,
-) -> InferencePipeline:
+) -> DetectorPipeline:
     """The pipeline a script runs: PyTorch's with ``options`` on ``device``, or
     (``backend="onnxruntime"``) the end-to-end ONNX graph in ONNX Runtime on the CPU,
     exported from ``model`` after BatchNorm folding when ``options.fold_bn``, and

@@ -14,13 +14,15 @@ Each path is off by default and tested for equal outputs (``tests/test_inference
 Post-processing (``layers/postprocess.py``) works on the whole batch at once, with no
 loop over images or classes on GPUs and a few host synchronisations per batch.
 
-:class:`InferencePipeline` is the one path from images to detections in pixels: test.py
-and training-time evaluation (through :func:`predict`), demo.py, benchmark.py and
-prune.py's timing all run it.
+:class:`DetectorPipeline` is the one path from images to detections in pixels, run by
+PyTorch (:class:`InferencePipeline`) or ONNX Runtime (:class:`OnnxRuntimePipeline`):
+test.py and training-time evaluation (through :func:`predict`), demo.py, benchmark.py
+and prune.py's timing all run it.
 """
 
 from __future__ import annotations
 
+import abc
 import argparse
 import dataclasses
 import logging
@@ -28,7 +30,7 @@ import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -167,9 +169,66 @@ def to_pixels(
     ]
 
 
-class InferencePipeline:
+class DetectorPipeline(abc.ABC):
     """Preprocessing, network and post-processing: RGB ``uint8`` images in, detections
-    in pixels out. Every script that runs a detector runs it through this class.
+    in pixels out. Every script that runs a detector runs it through a subclass: PyTorch
+    (:class:`InferencePipeline`) or ONNX Runtime (:class:`OnnxRuntimePipeline`).
+
+    Args:
+        model: the PyTorch detector (for its description: priors, GFLOPs), or None.
+        image_size: the model's input side.
+        device: where the batches go.
+        options: the speed paths in use.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: nn.Module | None,
+        image_size: int,
+        device: torch.device,
+        options: SpeedOptions,
+    ) -> None:
+        self.model = model
+        self.image_size = image_size
+        self.device = device
+        self.options = options
+
+    def grad_mode(self) -> AbstractContextManager:
+        return grad_mode(self.options)
+
+    def preprocess(self, images: Sequence[np.ndarray]) -> Tensor:
+        """``[B, 3, S, S]`` uint8 on the device, from RGB ``[H, W, 3]`` uint8 images."""
+        size = self.image_size
+        batch = np.empty((len(images), size, size, 3), dtype=np.uint8)
+        for index, image in enumerate(images):
+            batch[index] = cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
+        tensor = torch.from_numpy(batch).to(self.device, non_blocking=True)  # [B, S, S, 3]
+        tensor = tensor.permute(0, 3, 1, 2)  # [B, 3, S, S], an NHWC view
+        if not self.options.channels_last:
+            tensor = tensor.contiguous()
+        return tensor
+
+    @abc.abstractmethod
+    def forward(self, batch: Tensor) -> tuple[Any, ...]:
+        """The network's outputs for a preprocessed batch. Call inside :meth:`grad_mode`."""
+
+    @abc.abstractmethod
+    def postprocess(
+        self, outputs: tuple[Any, ...], sizes: Sequence[tuple[int, int]]
+    ) -> list[dict[str, np.ndarray]]:
+        """Detections per image in its own pixels (``boxes`` xyxy, ``scores``,
+        ``labels``) from the :meth:`forward` outputs; ``sizes`` are ``(height, width)``."""
+
+    def __call__(self, images: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        """Detections for RGB uint8 images (any sizes), end to end."""
+        with self.grad_mode():
+            outputs = self.forward(self.preprocess(images))
+            return self.postprocess(outputs, [image.shape[:2] for image in images])
+
+
+class InferencePipeline(DetectorPipeline):
+    """The PyTorch detector and its post-processor.
 
     Args:
         model: the detector (prepared by :func:`prepare_for_inference`: eval mode,
@@ -192,51 +251,25 @@ class InferencePipeline:
         self.runner = NetworkRunner(
             prepare_for_inference(model, options), device=device, options=options
         )
-        self.model = self.runner.module
+        super().__init__(
+            model=self.runner.module, image_size=image_size, device=device, options=options
+        )
         self.postprocessor = postprocessor.to(device)
-        self.image_size = image_size
-        self.device = device
-        self.options = options
-
-    def grad_mode(self) -> AbstractContextManager:
-        return grad_mode(self.options)
-
-    def preprocess(self, images: Sequence[np.ndarray]) -> Tensor:
-        """``[B, 3, S, S]`` uint8 on the device, from RGB ``[H, W, 3]`` uint8 images."""
-        size = self.image_size
-        batch = np.empty((len(images), size, size, 3), dtype=np.uint8)
-        for index, image in enumerate(images):
-            batch[index] = cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
-        tensor = torch.from_numpy(batch).to(self.device, non_blocking=True)  # [B, S, S, 3]
-        tensor = tensor.permute(0, 3, 1, 2)  # [B, 3, S, S], an NHWC view
-        if not self.options.channels_last:
-            tensor = tensor.contiguous()
-        return tensor
 
     def forward(self, batch: Tensor) -> tuple[Tensor, Tensor]:
-        """``loc`` ``[B, P, 4]`` and ``conf`` ``[B, P, C]`` (float32) for a preprocessed batch.
-        Call inside :meth:`grad_mode`."""
+        """``loc`` ``[B, P, 4]`` and ``conf`` ``[B, P, C]`` (float32)."""
         loc, conf = self.runner(batch.to(self.device, non_blocking=True))
         return loc, conf
 
     def postprocess(
         self, outputs: tuple[Tensor, Tensor], sizes: Sequence[tuple[int, int]]
     ) -> list[dict[str, np.ndarray]]:
-        """Detections per image in its own pixels (:func:`to_pixels`) from the
-        :meth:`forward` outputs; ``sizes`` are ``(height, width)``."""
         return to_pixels(self.postprocessor(*outputs), sizes)
 
-    def __call__(self, images: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
-        """Detections for RGB uint8 images (any sizes), end to end."""
-        with self.grad_mode():
-            outputs = self.forward(self.preprocess(images))
-            return self.postprocess(outputs, [image.shape[:2] for image in images])
 
-
-class OnnxRuntimePipeline(InferencePipeline):
+class OnnxRuntimePipeline(DetectorPipeline):
     """The end-to-end ONNX detector (:func:`engine.export.export_end_to_end`: network and
-    post-processing in one graph) run by ONNX Runtime on the CPU, behind the same
-    preprocess / forward / postprocess interface.
+    post-processing in one graph) run by ONNX Runtime on the CPU.
 
     Args:
         path: the ``.onnx`` file.
@@ -263,10 +296,9 @@ class OnnxRuntimePipeline(InferencePipeline):
             str(path), session_options, providers=["CPUExecutionProvider"]
         )
         self.path = Path(path)
-        self.model = model
-        self.image_size = image_size
-        self.device = torch.device("cpu")
-        self.options = SpeedOptions()
+        super().__init__(
+            model=model, image_size=image_size, device=torch.device("cpu"), options=SpeedOptions()
+        )
 
     def grad_mode(self) -> AbstractContextManager:
         return nullcontext()
@@ -312,7 +344,7 @@ class Timing:
 
 
 def predict(
-    pipeline: InferencePipeline, loader: DataLoader, *, show_progress: bool = True
+    pipeline: DetectorPipeline, loader: DataLoader, *, show_progress: bool = True
 ) -> tuple[list[dict[str, np.ndarray] | None], Timing]:
     """Detections for every image of the loader's dataset (resized by the dataset's
     evaluation transform) in its original pixels.

@@ -177,6 +177,47 @@ def test_make_config_reads_coco_json(shared_dir, tmp_path):
     assert "no held-out images" in out.read_text()
 
 
+def write_coco2017(root):
+    """COCO 2017's layout in small: instances, captions and keypoints files in
+    annotations/, the images in train2017/ and val2017/."""
+    (root / "annotations").mkdir(parents=True)
+    categories = [{"id": 3, "name": "cat"}, {"id": 1, "name": "dog"}]
+    for split, count in (("train2017", 3), ("val2017", 2)):
+        (root / split).mkdir()
+        images, annotations = [], []
+        for index in range(count):
+            name = f"{split}_{index:03d}.jpg"
+            cv2.imwrite(str(root / split / name), np.full((60, 80, 3), 90, np.uint8))
+            images.append({"id": index + 1, "file_name": name, "width": 80, "height": 60})
+            annotations.append({"id": len(annotations) + 1, "image_id": index + 1,
+                                "category_id": 3 if index % 2 else 1, "bbox": [10, 10, 30, 20],
+                                "area": 600, "iscrowd": 0})  # fmt: skip
+        content = {"images": images, "annotations": annotations, "categories": categories}
+        (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(content))
+        captions = [{"id": 1, "image_id": 1, "caption": "a dog"}]
+        (root / "annotations" / f"captions_{split}.json").write_text(
+            json.dumps({"images": images, "annotations": captions})
+        )
+    keypoints = {"images": images, "annotations": [], "categories": [{"id": 1, "name": "person"}]}
+    (root / "annotations" / "person_keypoints_val2017.json").write_text(json.dumps(keypoints))
+
+
+def test_make_config_reads_the_coco_2017_layout(tmp_path):
+    root = tmp_path / "coco"
+    write_coco2017(root)
+    config, layout, _, _ = make_config.derive_config(
+        load_config(QUICKSTART), make_config.parse_args(["--data", str(root), "--out", "x.yaml"])
+    )
+    assert layout.dataset == "coco"
+    assert layout.train_sets == ["annotations/instances_train2017.json:train2017"]
+    assert layout.val_sets == ["annotations/instances_val2017.json:val2017"]
+    assert config.data.class_names == ["dog", "cat"] and config.model.num_classes == 3
+    assert [len(read_records(config, split, ["dog", "cat"])) for split in ("train", "val")] == [
+        3,
+        2,
+    ]
+
+
 def write_devkit(root, years):
     """A VOCdevkit: per year, the custom folder's files in VOC's folders and the split
     lists given (``None``: a list whose images have no XML, like VOC2012's test)."""

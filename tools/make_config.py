@@ -233,10 +233,20 @@ def _image_folder(root: Path, annotation_file: Path, coco: Any) -> Path:
 
 def coco_layout(root: Path) -> DataLayout:
     """Sets from the JSON files: one named ``*train*`` and one ``*val*`` (or
-    ``*test*``), or a single file for both."""
+    ``*test*``), or a single file for both. Where some are named ``instances*`` (COCO's
+    boxes), only those count: ``captions_*`` and ``person_keypoints_*`` are other tasks."""
     files = sorted(root.glob("*.json")) + sorted((root / "annotations").glob("*.json"))
+    instances = [path for path in files if path.stem.lower().startswith("instances")]
+    files = instances or files
     train = [path for path in files if "train" in path.stem.lower()]
-    val = [path for path in files if "val" in path.stem.lower() or "test" in path.stem.lower()]
+    val = sorted(
+        (
+            path
+            for path in files
+            if path not in train and ("val" in path.stem.lower() or "test" in path.stem.lower())
+        ),
+        key=lambda path: "val" not in path.stem.lower(),
+    )
     if train and val:
         chosen, note = (
             (train[0], val[0]),

@@ -86,6 +86,8 @@ def print_table(result: dict[str, Any]) -> None:
     print(f"{'mAP':<{width}}  {result['mAP']:.4f}")
     if result["metric"] == "coco":
         print(result["summary"], end="")
+        per_iou = "  ".join(f"{iou} {ap:.3f}" for iou, ap in result["ap_per_iou"].items())
+        print(f"AP per IoU threshold: {per_iou}")
 
 
 def resolve_config(args: argparse.Namespace) -> tuple[Config, dict[str, Any] | None]:

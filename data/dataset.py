@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from data.records import AnnotationRecord, BadSampleError, read_image
+from data.transforms import mosaic
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,8 @@ class DetectionDataset(Dataset):
         seed: base seed of the per-sample random streams.
         on_bad_sample: ``skip`` or ``stop``.
         train_difficult: keep objects marked difficult in the targets.
+        mosaic_prob: probability that an item is a :func:`data.transforms.mosaic` of
+            its image and three others drawn at random, each through ``transform``.
     """
 
     def __init__(
@@ -59,6 +62,7 @@ class DetectionDataset(Dataset):
         seed: int = 0,
         on_bad_sample: Literal["skip", "stop"] = "skip",
         train_difficult: bool = True,
+        mosaic_prob: float = 0.0,
     ) -> None:
         self.records = list(records)
         self.class_names = list(class_names)
@@ -66,12 +70,16 @@ class DetectionDataset(Dataset):
         self.seed = seed
         self.on_bad_sample = on_bad_sample
         self.train_difficult = train_difficult
+        self.mosaic_prob = mosaic_prob
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any] | None:
-        index, epoch = key if isinstance(key, tuple) else (key, 0)
+    def _load(
+        self, index: int, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int]] | None:
+        """Record ``index`` through the transform, and its decoded size; None for an
+        unreadable image that is skipped."""
         record = self.records[index]
         try:
             image = read_image(record.image_path)
@@ -85,9 +93,25 @@ class DetectionDataset(Dataset):
         if not self.train_difficult:
             keep = ~record.difficult
             boxes, labels = boxes[keep], labels[keep]
-        image, boxes, labels = self.transform(
-            image, boxes.copy(), labels.copy(), sample_rng(self.seed, epoch, index)
-        )
+        image, boxes, labels = self.transform(image, boxes.copy(), labels.copy(), rng)
+        return image, boxes, labels, (int(height), int(width))
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any] | None:
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
+        record = self.records[index]
+        rng = sample_rng(self.seed, epoch, index)
+        # Drawn only when mosaics are on, so that without them the stream is unchanged.
+        make_mosaic = self.mosaic_prob > 0 and rng.random() < self.mosaic_prob
+        loaded = self._load(index, rng)
+        if loaded is None:
+            return None
+        image, boxes, labels, (height, width) = loaded
+        if make_mosaic:
+            partners = [self._load(int(i), rng) for i in rng.integers(len(self), size=3)]
+            # An unreadable partner (skipped) leaves the image on its own.
+            if all(partner is not None for partner in partners):
+                tiles = [(image, boxes, labels)] + [partner[:3] for partner in partners]
+                image, boxes, labels = mosaic(tiles, rng)
         return {
             "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
             "boxes": torch.from_numpy(boxes.astype(np.float32)).reshape(-1, 4),
@@ -95,5 +119,5 @@ class DetectionDataset(Dataset):
             "index": index,
             "image_id": record.image_id,
             # The decoded image's size, which wins over the size the annotation states.
-            "orig_size": (int(height), int(width)),
+            "orig_size": (height, width),
         }

@@ -55,6 +55,7 @@ def build_dataset(
         seed=config.train.seed,
         on_bad_sample=config.data.on_bad_sample,
         train_difficult=config.data.train_difficult if train else True,
+        mosaic_prob=config.augment.mosaic_prob if train else 0.0,
     )
 
 

@@ -210,6 +210,53 @@ class SSDAugmentation:
         return image[:, ::-1], flipped
 
 
+# A mosaic keeps a box cut by its window when at least this share of its area is inside
+# (a sliver of an object teaches the wrong box).
+MOSAIC_MIN_VISIBLE = 0.4
+
+
+def mosaic(
+    tiles: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Four augmented images tiled 2 x 2 and cut back to one image's size around a
+    random centre: objects keep their scale, the image shows parts of four scenes and
+    more objects, many of them cut at the window's edge.
+
+    Args:
+        tiles: four (image ``[S, S, 3]``, boxes ``[G, 4]`` normalised xyxy, labels
+            ``[G]``), as :class:`SSDAugmentation` returns them.
+        rng: draws the window's centre (uniform over the middle ``S x S`` of the canvas).
+
+    Returns:
+        The image ``[S, S, 3]``, the boxes inside it (clipped, normalised; a box cut by
+        the window stays when at least :data:`MOSAIC_MIN_VISIBLE` of its area is inside)
+        and their labels.
+    """
+    size = tiles[0][0].shape[0]
+    canvas = np.empty((2 * size, 2 * size, 3), dtype=np.uint8)
+    all_boxes, all_labels = [], []
+    for tile_index, (image, boxes, labels) in enumerate(tiles):
+        row, column = divmod(tile_index, 2)
+        canvas[row * size : (row + 1) * size, column * size : (column + 1) * size] = image
+        offset = np.array([column, row, column, row], dtype=np.float32) * size
+        all_boxes.append(boxes.reshape(-1, 4).astype(np.float32) * size + offset)
+        all_labels.append(labels)
+    left = int(rng.integers(0, size + 1))
+    top = int(rng.integers(0, size + 1))
+    window = np.array([left, top, left + size, top + size], dtype=np.float32)
+    boxes = np.concatenate(all_boxes)
+    labels = np.concatenate(all_labels)
+    clipped = np.concatenate(
+        [np.maximum(boxes[:, :2], window[:2]), np.minimum(boxes[:, 2:], window[2:])], axis=1
+    )
+    visible = np.clip(clipped[:, 2:] - clipped[:, :2], 0, None).prod(axis=1)
+    area = (boxes[:, 2:] - boxes[:, :2]).prod(axis=1)
+    keep = (visible > 0) & (visible >= MOSAIC_MIN_VISIBLE * area)
+    normalised = (clipped[keep] - np.concatenate([window[:2], window[:2]])) / size
+    image = canvas[top : top + size, left : left + size]
+    return np.ascontiguousarray(image), normalised.astype(np.float32), labels[keep]
+
+
 def _iou_with(boxes: np.ndarray, rect: np.ndarray) -> np.ndarray:
     """IoU of each box ``[G, 4]`` with one rectangle ``[4]``."""
     top_left = np.maximum(boxes[:, :2], rect[:2])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import json
 import os
 from collections.abc import Sequence
@@ -41,6 +42,36 @@ def _to_devkit(boxes: np.ndarray) -> np.ndarray:
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4).copy()
     boxes[:, :2] += 1.0
     return boxes
+
+
+def _from_devkit(boxes: np.ndarray) -> np.ndarray:
+    """1-based inclusive -> 0-based continuous pixels (the inverse of :func:`_to_devkit`)."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4).copy()
+    boxes[:, :2] -= 1.0
+    return boxes
+
+
+def detections_of_arrays(
+    arrays: dict[str, np.ndarray], num_images: int
+) -> list[dict[str, np.ndarray]]:
+    """The flat arrays of :func:`read_voc_results_arrays` (devkit pixels) as per-image
+    detections in 0-based pixels, each image's sorted by descending score."""
+    order = np.lexsort((-arrays["scores"], arrays["images"]))
+    images = arrays["images"][order]
+    boxes, scores, labels = (
+        _from_devkit(arrays["boxes"][order]),
+        arrays["scores"][order],
+        arrays["labels"][order],
+    )
+    bounds = np.searchsorted(images, np.arange(num_images + 1))
+    return [
+        {
+            "boxes": boxes[start:end],
+            "scores": scores[start:end],
+            "labels": labels[start:end],
+        }
+        for start, end in itertools.pairwise(bounds)
+    ]
 
 
 def write_voc_results(
@@ -376,7 +407,8 @@ def score_coco(
     coco_gt: Any, results: list[dict[str, Any]], class_names: Sequence[str]
 ) -> dict[str, Any]:
     """pycocotools' bbox evaluation: AP, AP50, AP75, small/medium/large and the ARs,
-    plus AP per class (IoU 0.5:0.95)."""
+    plus AP per class (IoU 0.5:0.95) and per IoU threshold (all classes, areas, 100
+    detections per image: where the boxes' precision is lost)."""
     from pycocotools.cocoeval import COCOeval
 
     category_of_name = {
@@ -404,7 +436,18 @@ def score_coco(
         values = precision[:, :, index, 0, -1]
         values = values[values > -1]
         ap_per_class[name] = float(values.mean()) if values.size else float("nan")
-    result = {"metric": "coco", "mAP": float(stats[0]), "ap_per_class": ap_per_class}
+    ap_per_iou = {}
+    if precision is not None:
+        for index, threshold in enumerate(evaluator.params.iouThrs):
+            values = precision[index, :, :, 0, -1]
+            values = values[values > -1]
+            ap_per_iou[f"{threshold:.2f}"] = float(values.mean()) if values.size else float("nan")
+    result = {
+        "metric": "coco",
+        "mAP": float(stats[0]),
+        "ap_per_class": ap_per_class,
+        "ap_per_iou": ap_per_iou,
+    }
     result.update({name: float(value) for name, value in zip(COCO_STAT_NAMES, stats, strict=True)})
     result["summary"] = printed.getvalue()
     return result
@@ -412,7 +455,7 @@ def score_coco(
 
 def write_metrics(result: dict[str, Any], directory: Path) -> Path:
     """``metrics.json``: metric, mAP, ap_per_class (and COCO's other numbers)."""
-    keys = ["metric", "mAP", "ap_per_class", *COCO_STAT_NAMES, "speed"]
+    keys = ["metric", "mAP", "ap_per_class", "ap_per_iou", *COCO_STAT_NAMES, "speed"]
     content = {key: result[key] for key in keys if key in result}
     path = directory / "metrics.json"
     path.write_text(json.dumps(content, indent=2), encoding="utf-8")
@@ -495,7 +538,9 @@ class Evaluator:
             (directory / COCO_RESULTS_FILE).write_text(json.dumps(entries), encoding="utf-8")
 
     def read_results(self, directory: Path) -> Any:
-        """The results a directory holds (:meth:`write_results`' files).
+        """The results a directory holds (:meth:`write_results`' files). For the COCO
+        metric, a directory with the devkit files and no ``detections_coco.json`` (the
+        results of another detector, say) is scored from the devkit files.
 
         Raises:
             FileNotFoundError: a results file is missing.
@@ -503,6 +548,14 @@ class Evaluator:
         """
         if self.coco is not None:
             path = directory / COCO_RESULTS_FILE
+            if (
+                not path.is_file()
+                and (directory / f"{VOC_RESULTS_PREFIX}{self.class_names[0]}.txt").is_file()
+            ):
+                # Another detector's devkit files (e.g. converted from its own output):
+                # scored against the same COCO ground truth as this project's.
+                arrays = read_voc_results_arrays(directory, self.records, self.class_names)
+                return self.results_of(detections_of_arrays(arrays, len(self.records)))
             if not path.is_file():
                 raise FileNotFoundError(f"{path}: COCO results file not found")
             try:

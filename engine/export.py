@@ -336,6 +336,11 @@ def export_detector(model: SingleShotDetector, config: Config, path: str | Path)
     """:func:`export_end_to_end` with the config's input size, variances and
     post-processing settings."""
     post = config.postprocess
+    if post.nms != "hard":
+        raise ConfigError(
+            f"postprocess.nms={post.nms}: the ONNX graph has hard NMS only (ONNX's "
+            "NonMaxSuppression); export with postprocess.nms=hard"
+        )
     return export_end_to_end(
         model,
         path,

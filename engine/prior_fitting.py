@@ -230,6 +230,10 @@ MIN_FACTOR = 1.25  # the refinement's lowest max_size / min_size
 RATIO_CHOICES = (1.3, 1.6, 2.0, 2.5, 3.0, 4.0)
 MAX_RATIOS_PER_MAP = 3
 MAX_SWEEPS = 12
+# Each map's min size, and max size, at least this many times the previous map's: a
+# coarser map (a larger stride) holds larger priors, as in SSD's recipe, and no two maps
+# compete for one size.
+MIN_GROWTH = 1.2
 RESTARTS = 4
 SAMPLE = 10000  # boxes the search scores candidates on
 
@@ -293,15 +297,23 @@ class PriorSearch:
     settings (or lowers one map's aspect-ratio count to give its priors to another) by
     the best on the grids, given the other maps' priors; moves are taken while they
     raise the covered count, then the sum of best IoUs; all ties go to the first
-    candidate, so the result depends only on the boxes."""
+    candidate, so the result depends only on the boxes. Min sizes, and max sizes, grow
+    from map to map by at least ``growth`` (a move stays between its neighbours')."""
 
     def __init__(
-        self, scorer: ShapeScorer, *, image_size: int, threshold: float, max_priors: int
+        self,
+        scorer: ShapeScorer,
+        *,
+        image_size: int,
+        threshold: float,
+        max_priors: int,
+        growth: float = MIN_GROWTH,
     ) -> None:
         self.scorer = scorer
         self.image_size = image_size
         self.threshold = threshold
         self.max_priors = max_priors
+        self.growth = growth
         self.locations = [grid.rows * grid.columns for grid in scorer.grids]
         self.subsets = [
             subset
@@ -338,9 +350,11 @@ class PriorSearch:
         sizes: np.ndarray,
         factors: Sequence[float],
         most_ratios: int = MAX_RATIOS_PER_MAP,
+        max_bounds: tuple[float, float] = (0.0, math.inf),
     ) -> tuple[float, MapPriors] | None:
         """The best settings for map ``index`` with at most ``budget`` priors there,
-        given the best IoUs ``others`` of the other maps; ``None`` if none fit."""
+        given the best IoUs ``others`` of the other maps, with a max size (if any) within
+        ``max_bounds``; ``None`` if none fit."""
         squares_per_location = 2 if with_max else 1
         if self.locations[index] * squares_per_location > budget:
             return None
@@ -356,6 +370,12 @@ class PriorSearch:
         pairs = np.stack(
             [[self._iou(index, *_ratio_pair(a, ratio)) for ratio in RATIO_CHOICES] for a in sizes]
         )  # [sizes, ratios, N]
+        allowed = np.ones((len(sizes), len(factors) if with_max else 1), dtype=bool)
+        if with_max:
+            max_sizes = np.round(sizes[:, None] * np.asarray(factors)[None, :], 2)
+            allowed = (max_sizes >= max_bounds[0]) & (max_sizes <= max_bounds[1])
+            if not allowed.any():
+                return None
         best: tuple[float, MapPriors] | None = None
         denominator = others.shape[0] + 1
         for subset in self.subsets:
@@ -368,6 +388,7 @@ class PriorSearch:
                 else np.maximum(base, pairs[:, list(subset)].max(axis=1)[:, None])
             )
             scores = (vectors >= self.threshold).sum(axis=-1) + vectors.sum(axis=-1) / denominator
+            scores = np.where(allowed, scores, -np.inf)
             flat = int(np.argmax(scores))
             size_index, factor_index = np.unravel_index(flat, scores.shape)
             if best is None or scores.flat[flat] > best[0]:
@@ -426,15 +447,17 @@ class PriorSearch:
             + self.locations[index] * settings[index].per_location()
         )
         others = self._others(vectors, [index])
-        # Min sizes keep the maps' order (finer maps, smaller priors): between the
-        # neighbours' (unless the start was out of order).
-        lower = settings[index - 1].min_size if index > 0 else 0.0
-        upper = settings[index + 1].min_size if index + 1 < len(settings) else math.inf
+        # Sizes grow with the maps' strides (finer maps, smaller priors): between the
+        # neighbours' by the growth factor (the starts are spread to allow it).
+        lower, upper = self._bounds([item.min_size for item in settings], index)
         if lower <= upper:
             inside = sizes[(sizes >= lower) & (sizes <= upper)]
             sizes = np.concatenate(
                 [inside, [value for value in (lower, upper) if 0 < value < math.inf]]
             )
+        max_bounds = (0.0, math.inf)
+        if with_max:
+            max_bounds = self._bounds([item.max_size or 0.0 for item in settings], index)
         return self.best_for_map(
             index,
             others,
@@ -443,7 +466,14 @@ class PriorSearch:
             sizes=sizes,
             factors=factors,
             most_ratios=most_ratios,
+            max_bounds=max_bounds,
         )
+
+    def _bounds(self, values: Sequence[float], index: int) -> tuple[float, float]:
+        """The range map ``index``'s value may take between its neighbours' values."""
+        lower = round(values[index - 1] * self.growth, 2) if index > 0 else 0.0
+        upper = round(values[index + 1] / self.growth, 2) if index + 1 < len(values) else math.inf
+        return lower, upper
 
     def _trade(
         self,
@@ -506,8 +536,36 @@ def _starts(base: PriorConfig, search: PriorSearch) -> list[list[MapPriors]]:
             item = settings[trimmable[0]]
             settings[trimmable[0]] = dataclasses.replace(item, ratios=item.ratios[:-1])
         if search.count(settings) <= search.max_priors:
-            starts.append(settings)
+            starts.append(spread(settings, search.growth))
     return starts
+
+
+def _grown(values: Sequence[float], growth: float) -> list[float]:
+    """``values`` raised where needed so that each is at least ``growth`` times the
+    previous one (rounded to 0.01 px, as the search's sizes)."""
+    grown: list[float] = []
+    for value in values:
+        grown.append(max(value, math.ceil(grown[-1] * growth * 100) / 100) if grown else value)
+    return grown
+
+
+def spread(settings: Sequence[MapPriors], growth: float) -> list[MapPriors]:
+    """``settings`` with min sizes, and max sizes, growing by at least ``growth`` from
+    map to map (each raised where needed); a max size stays above its min size."""
+    min_sizes = _grown([item.min_size for item in settings], growth)
+    if settings[0].max_size is None:
+        return [
+            dataclasses.replace(item, min_size=size)
+            for item, size in zip(settings, min_sizes, strict=True)
+        ]
+    ratios = [(item.max_size or 0.0) / item.min_size for item in settings]
+    max_sizes = _grown(
+        [round(size * ratio, 2) for size, ratio in zip(min_sizes, ratios, strict=True)], growth
+    )
+    return [
+        MapPriors(low, high, item.ratios)
+        for item, low, high in zip(settings, min_sizes, max_sizes, strict=True)
+    ]
 
 
 def fit_priors(
@@ -521,13 +579,15 @@ def fit_priors(
     seed: int = 0,
     sample: int = SAMPLE,
     restarts: int = RESTARTS,
+    growth: float = MIN_GROWTH,
 ) -> tuple[PriorConfig, Coverage]:
     """Prior settings with at most ``max_priors`` priors that cover as many of the boxes
     as the search finds: per map a min size, the second square's max size (all maps
     or none) and up to three aspect ratios, chosen by coordinate ascent (see
     :class:`PriorSearch`) on a seeded sample of ``sample`` boxes, from the base settings
-    and from the base with the second square toggled. Returns them (the base's steps,
-    clipping and variances) and their coverage of all the boxes.
+    and from the base with the second square toggled, min and max sizes growing by at
+    least ``growth`` from map to map. Returns them (the base's steps, clipping and
+    variances) and their coverage of all the boxes.
 
     Raises:
         ValueError: no settings fit in ``max_priors`` (one prior per location).
@@ -539,7 +599,9 @@ def fit_priors(
     else:
         sampled = boxes_xyxy
     scorer = ShapeScorer(sampled, map_grids(image_size, map_sizes, base.steps), clip=base.clip)
-    search = PriorSearch(scorer, image_size=image_size, threshold=threshold, max_priors=max_priors)
+    search = PriorSearch(
+        scorer, image_size=image_size, threshold=threshold, max_priors=max_priors, growth=growth
+    )
     starts = _starts(base, search)
     if not starts:
         raise ValueError(
@@ -553,14 +615,19 @@ def fit_priors(
         shaken = sorted(
             round(item.min_size * float(generator.uniform(0.8, 1.25)), 2) for item in settings
         )
-        start = [
-            MapPriors(
-                size,
-                None if item.max_size is None else round(size * item.max_size / item.min_size, 2),
-                item.ratios,
-            )
-            for size, item in zip(shaken, settings, strict=True)
-        ]
+        start = spread(
+            [
+                MapPriors(
+                    size,
+                    None
+                    if item.max_size is None
+                    else round(size * item.max_size / item.min_size, 2),
+                    item.ratios,
+                )
+                for size, item in zip(shaken, settings, strict=True)
+            ],
+            search.growth,
+        )
         result = search.run(start)
         if result[0] > score + 1e-9:
             score, settings = result

@@ -4,6 +4,7 @@ and runs one."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -22,6 +23,7 @@ from data.dataset import DetectionDataset
 from data.loader import build_dataset, build_eval_loader, build_train_loader, iterations_per_epoch
 from data.records import BadSampleError, read_image
 from data.sources import prepare_data, resolve_class_names
+from engine.budget import FIRST_FIT_ITERATIONS, LoopTiming, TimeBudget, evaluation_points
 from engine.evaluation import Evaluator
 from engine.inference import InferencePipeline, SpeedOptions, predict
 from engine.training import (
@@ -191,6 +193,26 @@ class TrainingRun:
             epochs=config.train.epochs,
             iterations_per_epoch=self.per_epoch,
         )
+        self.schedule = self.scheduler.lr_lambdas[0]
+        self.total_iterations = self.per_epoch * config.train.epochs
+        # Under a time budget, train.epochs only shapes the schedule: the length is
+        # fitted to the clock as the run goes (engine/budget.py).
+        self.budget = (
+            TimeBudget(
+                seconds=config.train.max_minutes * 60,
+                num_evaluations=(
+                    max(config.train.epochs // config.train.eval_interval, 1)
+                    if config.train.eval_interval > 0
+                    else 1
+                ),
+            )
+            if config.train.max_minutes > 0
+            else None
+        )
+        self.budget_fitted = False
+        if self.budget is not None:
+            # Long enough to reach the first fit, which sets the real length.
+            self.total_iterations = max(self.total_iterations, FIRST_FIT_ITERATIONS + 1)
         self.scaler = torch.amp.GradScaler(
             self.device.type, enabled=self.autocast_dtype == torch.float16
         )
@@ -209,7 +231,15 @@ class TrainingRun:
             iteration=checkpoint["iteration"],
             best_metric=checkpoint["best_metric"],
             best_iteration=checkpoint["best_iteration"],
+            # Checkpoints from before time budgets lack it.
+            elapsed_seconds=checkpoint.get("elapsed_seconds", 0.0),
         )
+        if self.budget is not None and "total_iterations" in checkpoint:
+            # The length fitted before the interruption, until this process has timed
+            # iterations of its own.
+            self.total_iterations = checkpoint["total_iterations"]
+            self.schedule.fit_to(self.total_iterations)
+            self.budget_fitted = True
         logger.info(
             "resumed at iteration %d (epoch %d)",
             self.state.iteration,
@@ -231,6 +261,8 @@ class TrainingRun:
                 iteration=self.state.iteration,
                 best_metric=self.state.best_metric,
                 best_iteration=self.state.best_iteration,
+                elapsed_seconds=self.elapsed(),
+                total_iterations=self.total_iterations,
                 rng=capture_rng_state(),
             )
             save_checkpoint(state, path)
@@ -307,9 +339,69 @@ class TrainingRun:
         result["mAP"] = broadcast_from_main(result["mAP"], self.context, self.device)
         return result
 
+    def elapsed(self) -> float:
+        """Seconds this run has taken: before a resume (from the checkpoint) and since."""
+        return self.state.elapsed_seconds + time.perf_counter() - self.start_time
+
+    def evaluation_points(self, total_iterations: int) -> list[int]:
+        """The iterations after which the run evaluates: every ``train.eval_interval``
+        epochs and at the end; under a time budget, as many, evenly spread over the
+        fitted length (evaluations keep their share of the run)."""
+        train = self.config.train
+        interval = train.eval_interval
+        if self.budget is not None:
+            # None before the first fit: the length is not known yet.
+            if not self.budget_fitted:
+                return []
+            return evaluation_points(total_iterations, self.budget.num_evaluations)
+        if interval == 0:
+            return [total_iterations]
+        step = interval * self.per_epoch
+        return [*range(step, total_iterations, step), total_iterations]
+
+    def fit_to_budget(self, timing: LoopTiming, last_evaluation: int) -> int:
+        """Total iterations that fit in ``train.max_minutes``; the LR schedule follows."""
+        assert self.budget is not None
+        iteration = self.state.iteration
+        if timing.iterations < FIRST_FIT_ITERATIONS:
+            # Too few iterations timed yet (start-up dominates them): keep going. (The
+            # same on every rank, so no rank waits in the broadcast below alone.)
+            return self.total_iterations
+        per_iteration = timing.train_seconds / max(timing.iterations, 1)
+        if timing.evaluations:
+            per_evaluation = timing.eval_seconds / timing.evaluations
+        else:
+            # Inference costs about a third of a training step per image.
+            val_images = len(self.val_set) if self.val_set is not None else 0
+            per_evaluation = per_iteration * val_images / self.config.train.batch_size / 2
+        total = self.budget.fit(
+            elapsed=self.elapsed(),
+            iteration=iteration,
+            seconds_per_iteration=per_iteration,
+            seconds_per_evaluation=per_evaluation,
+            last_evaluation=last_evaluation,
+        )
+        # Every rank trains as long as rank 0's clock says.
+        total = round(broadcast_from_main(total, self.context, self.device))
+        self.schedule.fit_to(total)
+        self.budget_fitted = True
+        if total != self.total_iterations:
+            logger.info(
+                "train.max_minutes=%g: %d iterations (%.1f epochs) fit, at %.3f s per "
+                "iteration and %.1f s per evaluation; %.0f s spent",
+                self.config.train.max_minutes,
+                total,
+                total / self.per_epoch,
+                per_iteration,
+                per_evaluation,
+                self.elapsed(),
+            )
+        return total
+
     def train(self, stop: StopRequest, stop_at_iteration: int | None = None) -> int:
-        """The epoch loop: train, checkpoint, evaluate; then the final evaluation, example
-        images and ``results.json``. Returns the exit code."""
+        """The loop: train to the next stop (an epoch's end, an evaluation, a budget
+        fit), checkpoint, evaluate; then the final evaluation, example images and
+        ``results.json``. Returns the exit code."""
         config, state = self.config, self.state
         parts = TrainingParts(
             model=self.train_model,
@@ -319,16 +411,34 @@ class TrainingRun:
             scaler=self.scaler,
             device=self.device,
         )
-        options = self.epoch_options(stop_at_iteration)
-        total_iterations = self.per_epoch * config.train.epochs
+        options = self.epoch_options(None)
+        timing = LoopTiming()
         final: dict[str, Any] | None = None
         last_eval_iteration = -1
+        epoch_images, epoch_seconds = 0, 0.0
+        # Training time since the last fit, checkpoints included, evaluations not.
+        since, since_iteration = time.perf_counter(), state.iteration
         try:
-            while state.iteration < total_iterations:
+            while state.iteration < self.total_iterations:
                 epoch = state.iteration // self.per_epoch
                 self.sampler.set_epoch(epoch)
                 position = state.iteration % self.per_epoch
                 self.sampler.start_at(position * self.train_loader.batch_size)
+                epoch_end = (epoch + 1) * self.per_epoch
+                stops = [epoch_end, self.total_iterations]
+                stops += self.evaluation_points(self.total_iterations)
+                if stop_at_iteration is not None:
+                    stops.append(stop_at_iteration)
+                if self.budget is not None:
+                    stops.append(
+                        self.budget.next_fit(
+                            state.iteration,
+                            timed=timing.iterations,
+                            total_iterations=self.total_iterations,
+                            iterations_per_epoch=self.per_epoch,
+                        )
+                    )
+                next_stop = min(point for point in stops if point > state.iteration)
                 result = train_one_epoch(
                     parts,
                     self.train_loader,
@@ -337,31 +447,48 @@ class TrainingRun:
                     context=self.context,
                     writer=self.writer,
                     stop=stop,
-                    options=options,
+                    options=dataclasses.replace(options, stop_at_iteration=next_stop),
                 )
-                if result.stop_reason is not None:
+                epoch_images += result.images
+                epoch_seconds += result.seconds
+                asked = stop_at_iteration is not None and state.iteration >= stop_at_iteration
+                if result.stop_reason not in (None, "stop_at"):
                     return self._stopped(result)
-                epochs_done = epoch + 1
-                self.log_throughput(epoch, result)
-                if config.train.sparsity > 0:
-                    self.writer.histogram(
-                        "bn_scales", bn_scales(self.sparse_norms), state.iteration
+                if asked:
+                    message = f"stopped at iteration {state.iteration} as asked"
+                    return self._stopped(EpochResult(stop_reason="stop_at", message=message))
+                epochs_done = state.iteration // self.per_epoch
+                if state.iteration == epoch_end:
+                    self.log_throughput(
+                        epoch, EpochResult(images=epoch_images, seconds=epoch_seconds)
                     )
+                    epoch_images, epoch_seconds = 0, 0.0
+                    if config.train.sparsity > 0:
+                        self.writer.histogram(
+                            "bn_scales", bn_scales(self.sparse_norms), state.iteration
+                        )
+                if self.budget is not None:
+                    timing.add_training(
+                        state.iteration - since_iteration, time.perf_counter() - since
+                    )
+                    since, since_iteration = time.perf_counter(), state.iteration
+                    self.total_iterations = self.fit_to_budget(timing, last_eval_iteration)
+                ended = state.iteration >= self.total_iterations
                 if (
-                    epochs_done % config.train.checkpoint_interval == 0
-                    or epochs_done == config.train.epochs
-                ):
+                    state.iteration == epoch_end
+                    and epochs_done % config.train.checkpoint_interval == 0
+                ) or ended:
                     self.save("last.pt")
-                interval = config.train.eval_interval
-                if (
-                    interval > 0 and epochs_done % interval == 0
-                ) or epochs_done == config.train.epochs:
+                if state.iteration in self.evaluation_points(self.total_iterations) or ended:
+                    started = time.perf_counter()
                     final = self.evaluate(epoch)
                     last_eval_iteration = state.iteration
                     if final is not None and final["mAP"] > state.best_metric:
                         state.best_metric, state.best_iteration = final["mAP"], state.iteration
                         self.save("best.pt")
                         self.save("last.pt")
+                    timing.add_evaluation(time.perf_counter() - started)
+                    since = time.perf_counter()
         except BadSampleError as error:
             return self._bad_sample(error)
 
@@ -420,7 +547,7 @@ class TrainingRun:
             "best_mAP": self.state.best_metric,
             "best_iteration": self.state.best_iteration,
             "iterations": self.state.iteration,
-            "train_seconds": time.perf_counter() - self.start_time,
+            "train_seconds": self.elapsed(),
         }
         (self.output_dir / "results.json").write_text(
             json.dumps(summary, indent=2), encoding="utf-8"

@@ -28,6 +28,8 @@ class TrainState:
     iteration: int = 0
     best_metric: float = -math.inf
     best_iteration: int = -1
+    # Wall clock spent before this process (a resumed run's budget goes on from it).
+    elapsed_seconds: float = 0.0
 
 
 @dataclass

@@ -1,15 +1,70 @@
-"""SSD's multibox loss: smooth-L1 on positives, cross-entropy with hard negative mining."""
+"""SSD's multibox loss: a box regression term on positives (SSD's smooth-L1 on encoded
+offsets, or an IoU loss on the decoded boxes: GIoU, DIoU, CIoU) and cross-entropy with
+hard negative mining."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.ops import complete_box_iou_loss, distance_box_iou_loss, generalized_box_iou_loss
 
-from layers.box_coding import cxcywh_to_xyxy, encode
+from layers.box_coding import cxcywh_to_xyxy, decode, encode
 from layers.matching import match_priors
+
+BoxLoss = Literal["smooth_l1", "giou", "diou", "ciou"]
+BOX_LOSSES: tuple[str, ...] = ("smooth_l1", "giou", "diou", "ciou")
+_IOU_LOSSES = {
+    "giou": generalized_box_iou_loss,
+    "diou": distance_box_iou_loss,
+    "ciou": complete_box_iou_loss,
+}
+
+
+def box_regression_loss(
+    loc_pred: Tensor,
+    matched_boxes_xyxy: Tensor,
+    positive: Tensor,
+    priors_cxcywh: Tensor,
+    *,
+    variances: tuple[float, float],
+    kind: BoxLoss,
+) -> Tensor:
+    """Each prior's box regression loss (meaningful on positives only).
+
+    ``smooth_l1`` is SSD's: smooth-L1 (beta 1) on the encoded offsets, summed over the
+    four coordinates. ``giou``/``diou``/``ciou`` decode the predicted offsets and take
+    1 - GIoU (Rezatofighi et al. 2019), 1 - DIoU or 1 - CIoU (Zheng et al. 2020) of the
+    decoded box and its ground truth: they score the overlap that AP measures, and do
+    not depend on the variances' scale.
+
+    Args:
+        loc_pred: ``[B, P, 4]`` predicted offsets.
+        matched_boxes_xyxy: ``[B, P, 4]`` normalised ground-truth box of each prior.
+        positive: ``[B, P]`` bool, priors matched to an object.
+        priors_cxcywh: ``[P, 4]`` normalised priors.
+        variances: box-coding variances.
+        kind: one of :data:`BOX_LOSSES`.
+
+    Returns:
+        ``[B, P]`` float32 loss per prior.
+    """
+    loc_pred = loc_pred.float()
+    if kind == "smooth_l1":
+        loc_targets = encode(matched_boxes_xyxy, priors_cxcywh, variances)
+        return F.smooth_l1_loss(loc_pred, loc_targets.float(), reduction="none", beta=1.0).sum(-1)
+    if kind not in _IOU_LOSSES:
+        raise ValueError(f"unknown box loss {kind!r}; expected one of {', '.join(BOX_LOSSES)}")
+    predicted = decode(loc_pred, priors_cxcywh, variances)  # [B, P, 4]
+    # Background priors have no box: pair them with their prior so that nothing
+    # degenerate (a zero box) enters the IoU, whose gradient is masked off anyway.
+    priors_xyxy = cxcywh_to_xyxy(priors_cxcywh.float()).expand_as(predicted)
+    targets = torch.where(positive[:, :, None], matched_boxes_xyxy.float(), priors_xyxy)
+    loss = _IOU_LOSSES[kind](predicted.reshape(-1, 4), targets.reshape(-1, 4), reduction="none")
+    return loss.reshape(positive.shape)
 
 
 def hard_negative_mask(
@@ -45,9 +100,8 @@ def hard_negative_mask(
 
 
 def multibox_loss(
-    loc_pred: Tensor,
+    loc_loss_per_prior: Tensor,
     conf_logits: Tensor,
-    loc_targets: Tensor,
     labels: Tensor,
     *,
     neg_pos_ratio: int,
@@ -59,9 +113,9 @@ def multibox_loss(
     Both terms are summed over the batch and divided by ``max(num_positives, 1)``.
 
     Args:
-        loc_pred: ``[B, P, 4]`` predicted offsets.
+        loc_loss_per_prior: ``[B, P]`` box regression loss of each prior
+            (:func:`box_regression_loss`); only positives count.
         conf_logits: ``[B, P, C]`` class logits, class 0 is background.
-        loc_targets: ``[B, P, 4]`` encoded offsets of the matched boxes.
         labels: ``[B, P]`` int64 matched labels, 0 for background.
         neg_pos_ratio: negatives kept per positive in hard negative mining.
         min_negatives: negatives kept per image even without positives.
@@ -89,10 +143,7 @@ def multibox_loss(
     # a NaN, and boolean indexing would sync with the host.
     selected = positive | negative
     conf_loss = torch.where(selected, conf_loss_per_prior, 0.0).sum() / normaliser
-    loc_loss_per_coord = F.smooth_l1_loss(
-        loc_pred.float(), loc_targets.float(), reduction="none", beta=1.0
-    )  # [B, P, 4]
-    loc_loss = torch.where(positive[:, :, None], loc_loss_per_coord, 0.0).sum() / normaliser
+    loc_loss = torch.where(positive, loc_loss_per_prior, 0.0).sum() / normaliser
     return {
         "loss": conf_loss + loc_weight * loc_loss,
         "loc_loss": loc_loss,
@@ -112,6 +163,8 @@ class MultiBoxLoss(nn.Module):
             where such images add nothing to the loss.
         loc_weight: weight of the localisation term.
         variances: box-coding variances.
+        box_loss: the box regression loss, one of :data:`BOX_LOSSES`
+            (:func:`box_regression_loss`).
     """
 
     def __init__(
@@ -123,8 +176,13 @@ class MultiBoxLoss(nn.Module):
         min_negatives: int,
         loc_weight: float,
         variances: tuple[float, float],
+        box_loss: BoxLoss,
     ) -> None:
         super().__init__()
+        if box_loss not in BOX_LOSSES:
+            raise ValueError(
+                f"unknown box loss {box_loss!r}; expected one of {', '.join(BOX_LOSSES)}"
+            )
         self.register_buffer("priors_cxcywh", priors_cxcywh.clone(), persistent=False)
         self.register_buffer("priors_xyxy", cxcywh_to_xyxy(priors_cxcywh), persistent=False)
         self.iou_threshold = iou_threshold
@@ -132,6 +190,7 @@ class MultiBoxLoss(nn.Module):
         self.min_negatives = min_negatives
         self.loc_weight = loc_weight
         self.variances = variances
+        self.box_loss = box_loss
 
     def forward(
         self,
@@ -154,11 +213,17 @@ class MultiBoxLoss(nn.Module):
         matched_boxes, labels = match_priors(
             gt_boxes, gt_labels, self.priors_xyxy, iou_threshold=self.iou_threshold
         )
-        loc_targets = encode(matched_boxes, self.priors_cxcywh, self.variances)
-        return multibox_loss(
+        loc_loss_per_prior = box_regression_loss(
             loc_pred,
+            matched_boxes,
+            labels > 0,
+            self.priors_cxcywh,
+            variances=self.variances,
+            kind=self.box_loss,
+        )
+        return multibox_loss(
+            loc_loss_per_prior,
             conf_logits,
-            loc_targets,
             labels,
             neg_pos_ratio=self.neg_pos_ratio,
             min_negatives=self.min_negatives,

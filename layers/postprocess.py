@@ -1,13 +1,20 @@
-"""From raw head outputs to per-image detections: softmax, top-k, decode, class-aware NMS."""
+"""From raw head outputs to per-image detections: softmax, top-k, decode, class-aware NMS
+(greedy, or Soft-NMS)."""
 
 from __future__ import annotations
 
+from typing import Literal
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import nms
+from torchvision.ops import box_iou, nms
 
 from layers.box_coding import decode
+
+NmsMethod = Literal["hard", "soft_linear", "soft_gaussian"]
+NMS_METHODS: tuple[str, ...] = ("hard", "soft_linear", "soft_gaussian")
 
 
 def postprocess(
@@ -20,6 +27,8 @@ def postprocess(
     pre_nms_topk: int,
     nms_iou_threshold: float,
     max_detections: int,
+    nms: NmsMethod,
+    soft_nms_sigma: float,
 ) -> list[dict[str, Tensor]]:
     """Detections for a batch, computed for all images and classes at once.
 
@@ -42,11 +51,28 @@ def postprocess(
         pre_nms_topk: candidates per image and class entering NMS.
         nms_iou_threshold: IoU above which the lower-scoring box is suppressed.
         max_detections: detections kept per image.
+        nms: ``hard`` (the above), or ``soft_linear``/``soft_gaussian``: the same
+            candidates go through :func:`soft_nms` instead (``nms_iou_threshold`` is the
+            linear decay's threshold, ``soft_nms_sigma`` the Gaussian's width).
+        soft_nms_sigma: the Gaussian Soft-NMS width.
 
     Returns:
         One dict per image: ``boxes`` ``[D, 4]`` normalised xyxy clipped to [0, 1],
         ``scores`` ``[D]`` sorted descending, ``labels`` ``[D]`` int64 in 1..C-1.
     """
+    if nms != "hard":
+        return _soft_postprocess(
+            loc_pred,
+            conf_logits,
+            priors_cxcywh,
+            variances=variances,
+            score_threshold=score_threshold,
+            pre_nms_topk=pre_nms_topk,
+            nms_iou_threshold=nms_iou_threshold,
+            max_detections=max_detections,
+            nms=nms,
+            soft_nms_sigma=soft_nms_sigma,
+        )
     batch_size, num_priors, num_classes = conf_logits.shape
     num_foreground = num_classes - 1
     scores = F.softmax(conf_logits.float(), dim=-1)[:, :, 1:]  # [B, P, C-1]
@@ -95,6 +121,123 @@ def postprocess(
         }
         for image, count in enumerate(counts)
     ]
+
+
+def soft_nms(
+    boxes: Tensor,
+    scores: Tensor,
+    *,
+    method: NmsMethod,
+    iou_threshold: float,
+    sigma: float,
+    score_threshold: float,
+) -> tuple[Tensor, Tensor]:
+    """Soft-NMS (Bodla et al. 2017) of one class's boxes.
+
+    Repeatedly takes the highest-scoring box left (ties: the lower index) and lowers the
+    scores of the others by their IoU with it: ``soft_linear`` multiplies a score by
+    ``1 - IoU`` where IoU > ``iou_threshold``, ``soft_gaussian`` by
+    ``exp(-IoU^2 / sigma)``. A box whose score falls to ``score_threshold`` or below is
+    dropped. ``method="hard"`` is greedy NMS in the same loop (the score drops to 0
+    where IoU > ``iou_threshold``).
+
+    Args:
+        boxes: ``[N, 4]`` xyxy.
+        scores: ``[N]``.
+
+    Returns:
+        The indices of the boxes kept ``[K]`` int64, in the order taken, and their
+        scores after the decay ``[K]`` (non-increasing).
+    """
+    if method not in NMS_METHODS:
+        raise ValueError(f"unknown NMS method {method!r}; expected one of {', '.join(NMS_METHODS)}")
+    iou = box_iou(boxes.float(), boxes.float()).cpu().numpy().astype(np.float64)  # [N, N]
+    current = scores.detach().float().cpu().numpy().astype(np.float64)
+    alive = current > score_threshold
+    taken, taken_scores = [], []
+    while alive.any():
+        index = int(np.argmax(np.where(alive, current, -np.inf)))
+        taken.append(index)
+        taken_scores.append(current[index])
+        alive[index] = False
+        overlap = iou[index]
+        if method == "soft_gaussian":
+            decay = np.exp(-(overlap**2) / sigma)
+        elif method == "soft_linear":
+            decay = np.where(overlap > iou_threshold, 1.0 - overlap, 1.0)
+        else:
+            decay = np.where(overlap > iou_threshold, 0.0, 1.0)
+        current = np.where(alive, current * decay, current)
+        alive &= current > score_threshold
+    return (
+        torch.tensor(taken, dtype=torch.int64, device=boxes.device),
+        torch.tensor(taken_scores, dtype=scores.dtype, device=scores.device),
+    )
+
+
+def _soft_postprocess(
+    loc_pred: Tensor,
+    conf_logits: Tensor,
+    priors_cxcywh: Tensor,
+    *,
+    variances: tuple[float, float],
+    score_threshold: float,
+    pre_nms_topk: int,
+    nms_iou_threshold: float,
+    max_detections: int,
+    nms: NmsMethod,
+    soft_nms_sigma: float,
+) -> list[dict[str, Tensor]]:
+    """:func:`postprocess` with :func:`soft_nms`: per image and class, the
+    ``pre_nms_topk`` best priors above the threshold, decoded, through Soft-NMS; then
+    each image's ``max_detections`` highest decayed scores."""
+    batch_size, num_priors, num_classes = conf_logits.shape
+    scores = F.softmax(conf_logits.float(), dim=-1)[:, :, 1:]  # [B, P, C-1]
+    class_scores, class_priors = topk_lowest_first(
+        scores.transpose(1, 2), min(pre_nms_topk, num_priors)
+    )  # [B, C-1, K], descending
+    results = []
+    for image in range(batch_size):
+        boxes_of, scores_of, labels_of = [], [], []
+        for class_index in range(num_classes - 1):
+            above = class_scores[image, class_index] > score_threshold
+            prior_index = class_priors[image, class_index][above]
+            if prior_index.numel() == 0:
+                continue
+            boxes = decode(
+                loc_pred[image, prior_index].float(), priors_cxcywh[prior_index].float(), variances
+            ).clamp(0.0, 1.0)  # [K, 4]
+            kept, kept_scores = soft_nms(
+                boxes,
+                class_scores[image, class_index][above],
+                method=nms,
+                iou_threshold=nms_iou_threshold,
+                sigma=soft_nms_sigma,
+                score_threshold=score_threshold,
+            )
+            boxes_of.append(boxes[kept])
+            scores_of.append(kept_scores)
+            labels_of.append(torch.full_like(kept, class_index + 1))
+        if not boxes_of:
+            empty = loc_pred.new_zeros((0,), dtype=torch.float32)
+            results.append(
+                {
+                    "boxes": empty.reshape(0, 4),
+                    "scores": empty,
+                    "labels": torch.zeros(0, dtype=torch.int64, device=loc_pred.device),
+                }
+            )
+            continue
+        all_scores = torch.cat(scores_of)
+        order = all_scores.argsort(descending=True, stable=True)[:max_detections]
+        results.append(
+            {
+                "boxes": torch.cat(boxes_of)[order],
+                "scores": all_scores[order],
+                "labels": torch.cat(labels_of)[order],
+            }
+        )
+    return results
 
 
 def topk_lowest_first(values: Tensor, k: int, *, ordered: bool = True) -> tuple[Tensor, Tensor]:
@@ -213,14 +356,22 @@ class PostProcessor(nn.Module):
         pre_nms_topk: int,
         nms_iou_threshold: float,
         max_detections: int,
+        nms: NmsMethod,
+        soft_nms_sigma: float,
     ) -> None:
         super().__init__()
+        if nms not in NMS_METHODS:
+            raise ValueError(
+                f"unknown NMS method {nms!r}; expected one of {', '.join(NMS_METHODS)}"
+            )
         self.register_buffer("priors_cxcywh", priors_cxcywh.clone(), persistent=False)
         self.variances = variances
         self.score_threshold = score_threshold
         self.pre_nms_topk = pre_nms_topk
         self.nms_iou_threshold = nms_iou_threshold
         self.max_detections = max_detections
+        self.nms = nms
+        self.soft_nms_sigma = soft_nms_sigma
 
     def forward(self, loc_pred: Tensor, conf_logits: Tensor) -> list[dict[str, Tensor]]:
         return postprocess(
@@ -232,4 +383,6 @@ class PostProcessor(nn.Module):
             pre_nms_topk=self.pre_nms_topk,
             nms_iou_threshold=self.nms_iou_threshold,
             max_detections=self.max_detections,
+            nms=self.nms,
+            soft_nms_sigma=self.soft_nms_sigma,
         )

@@ -52,6 +52,7 @@ def build_loss(config: Config, priors_cxcywh: Tensor) -> MultiBoxLoss:
         min_negatives=config.loss.min_negatives,
         loc_weight=config.loss.loc_weight,
         variances=config.priors.variances,
+        box_loss=config.loss.box_loss,
     )
 
 
@@ -63,6 +64,8 @@ def build_postprocessor(config: Config, priors_cxcywh: Tensor) -> PostProcessor:
         pre_nms_topk=config.postprocess.pre_nms_topk,
         nms_iou_threshold=config.postprocess.nms_iou_threshold,
         max_detections=config.postprocess.max_detections,
+        nms=config.postprocess.nms,
+        soft_nms_sigma=config.postprocess.soft_nms_sigma,
     )
 
 

@@ -7,7 +7,7 @@ from data.dataset import DetectionDataset
 from data.loader import ResumableSampler, collate
 from data.records import BadSampleError, ProblemReport
 from data.shapes import SHAPE_CLASSES, ensure_shapes_dataset, generate_image
-from data.transforms import EvalTransform, SSDAugmentation
+from data.transforms import EvalTransform, SSDAugmentation, mosaic
 from data.voc import VOC_CLASSES, discover_class_names, read_voc_format
 
 SHAPES_SETTINGS = {"num_train": 12, "num_val": 4, "image_size": 96, "seed": 3}
@@ -247,3 +247,55 @@ def test_dataset_items_are_normalised_and_reproducible(tmp_path):
     assert item["orig_size"] == (96, 96)
     assert torch.equal(dataset[(2, 5)]["boxes"], item["boxes"])
     assert not torch.equal(dataset[(2, 6)]["image"], item["image"])
+
+
+class _FixedIntegers:
+    """An rng whose ``integers`` always gives ``value`` (the mosaic's window corner)."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def integers(self, low, high):
+        assert low <= self.value < high
+        return self.value
+
+
+def test_mosaic_tiles_four_images_and_keeps_boxes_mostly_inside():
+    # Tiles of 10 px filled with 10, 20, 30, 40, tiled 2 x 2; the window's corner at
+    # (5, 5) takes a quarter of each.
+    boxes = [
+        np.array([[0.2, 0.2, 0.6, 0.6]]),  # canvas [2, 2, 6, 6]: 1 of 16 px inside, dropped
+        np.array([[0.0, 0.3, 0.8, 1.0]]),  # canvas [10, 3, 18, 10]: 25 of 56 px inside, kept
+        np.array([[0.5, 0.0, 0.9, 0.4]]),  # canvas [5, 10, 9, 14]: wholly inside
+        np.zeros((0, 4)),
+    ]
+    tiles = [
+        (np.full((10, 10, 3), 10 * (index + 1), np.uint8), boxes[index].astype(np.float32),
+         np.array([index + 1] * len(boxes[index]), np.int64))
+        for index in range(4)
+    ]  # fmt: skip
+    image, kept, labels = mosaic(tiles, _FixedIntegers(5))
+    assert image.shape == (10, 10, 3)
+    assert image[:5, :5].min() == image[:5, :5].max() == 10
+    assert image[:5, 5:].min() == 20 and image[5:, :5].max() == 30 and image[5:, 5:].min() == 40
+    np.testing.assert_allclose(kept, [[0.5, 0.0, 1.0, 0.5], [0.0, 0.5, 0.4, 0.9]], atol=1e-6)
+    assert labels.tolist() == [2, 3]
+
+
+def test_dataset_mosaics_are_reproducible_and_off_by_default(tmp_path):
+    root = ensure_shapes_dataset(tmp_path / "shapes", **SHAPES_SETTINGS)
+    records = read_voc_format(root, "train", SHAPE_CLASSES, ProblemReport("stop"))
+    plain = DetectionDataset(records, SHAPE_CLASSES, SSDAugmentation(size=64), seed=9)
+    off = DetectionDataset(records, SHAPE_CLASSES, SSDAugmentation(size=64), seed=9,
+                           mosaic_prob=0.0)  # fmt: skip
+    mosaics = DetectionDataset(records, SHAPE_CLASSES, SSDAugmentation(size=64), seed=9,
+                               mosaic_prob=1.0)  # fmt: skip
+    # Without mosaics the random stream is the one before mosaics existed.
+    assert torch.equal(off[(2, 5)]["image"], plain[(2, 5)]["image"])
+    item = mosaics[(2, 5)]
+    assert item["image"].shape == (3, 64, 64)
+    assert torch.equal(mosaics[(2, 5)]["boxes"], item["boxes"])
+    assert not torch.equal(item["image"], plain[(2, 5)]["image"])
+    boxes = item["boxes"]
+    assert ((boxes >= 0) & (boxes <= 1)).all() and (boxes[:, 2:] > boxes[:, :2]).all()
+    assert len(item["labels"]) == len(boxes)

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import math
 import xml.etree.ElementTree as ElementTree
 from collections import Counter
 
@@ -159,6 +160,58 @@ def test_make_config_output_trains_as_written(tiny_shapes_root, tmp_path):
     assert checkpoint["class_names"] == names and checkpoint["iteration"] == 2
 
 
+@pytest.mark.parametrize("wide_rate, small_chosen", [(50.0, False), (5.0, True)])
+def test_make_config_minutes_chooses_the_network_and_recipe(
+    tiny_shapes_root, tmp_path, monkeypatch, wide_rate, small_chosen
+):
+    # A base twice as wide as the small CPU network, at a faked measured speed: 2 min *
+    # 60 * 0.9 * rate / 16 training images is 337.5 epochs at 50 images/s (>= 50: kept),
+    # 33.75 at 5 (the small network, at 300 images/s, gets 2025).
+    base = yaml.safe_load(QUICKSTART.read_text())
+    base["model"]["width_multiplier"] = 0.25
+    base_path = tmp_path / "wide.yaml"
+    base_path.write_text(yaml.safe_dump(base))
+    rates = {0.25: wide_rate, 0.125: 300.0}
+    monkeypatch.setattr(
+        make_config,
+        "training_images_per_second",
+        lambda config, **_: rates[config.model.width_multiplier],
+    )
+    out = tmp_path / "budget.yaml"
+    assert make(["--data", tiny_shapes_root, "--base", base_path, "--image-size", 96,
+                 "--minutes", 2, "--out", out]) == 0  # fmt: skip
+    config, lines = load_config(out), out.read_text().splitlines()
+    text = " ".join(line.strip(" #") for line in lines)
+    epochs = 2 * 60 * 0.9 * wide_rate / 16
+    assert f"trains at {wide_rate:.1f} images/s on this machine: about {epochs:.1f} epochs" in text
+    if small_chosen:
+        assert config.model.width_multiplier == 0.125
+        assert "fewer than 50; the small CPU network of configs/quickstart_shapes.yaml" in text
+        assert "trains at 300.0 images/s: about 2025.0 epochs" in text
+        assert lines[1] == (
+            "# Network, training and augmentation settings: configs/quickstart_shapes.yaml;"
+            " the commented keys"
+        )
+    else:
+        assert config.model.width_multiplier == 0.25 and "(at least 50)" in text
+    # The recipe of a budgeted run, each choice under the comment that explains it.
+    assert config.train.max_minutes == 2 and config.loss.iou_threshold == 0.5
+    assert config.postprocess.nms == "soft_gaussian" and config.augment.mosaic_prob == 0.5
+    assert config.eval.metric == "coco"
+    for key in ("iou_threshold:", "nms:", "mosaic_prob:", "max_minutes:", "metric:"):
+        [index] = [i for i, line in enumerate(lines) if line.strip().startswith(key)]
+        assert lines[index - 1].strip().startswith("#"), key
+    # The priors were fitted at the recipe's threshold.
+    assert "at IoU >= 0.5 (loss.iou_threshold" in text
+
+
+def test_training_speed_is_measured_on_the_config_network():
+    config = load_config(QUICKSTART, ["model.image_size=96", "model.num_classes=3"])
+    config = dataclasses.replace(config, priors=ssd_rule_priors(config.priors, 96, 4))
+    rate = make_config.training_images_per_second(config, batch_size=2, iterations=1)
+    assert math.isfinite(rate) and rate > 0
+
+
 def test_make_config_reads_coco_json(shared_dir, tmp_path):
     out = tmp_path / "coco.yaml"
     root = shared_dir / "data" / "voc_mini"
@@ -205,7 +258,7 @@ def write_coco2017(root):
 def test_make_config_reads_the_coco_2017_layout(tmp_path):
     root = tmp_path / "coco"
     write_coco2017(root)
-    config, layout, _, _ = make_config.derive_config(
+    config, layout, _, _, _ = make_config.derive_config(
         load_config(QUICKSTART), make_config.parse_args(["--data", str(root), "--out", "x.yaml"])
     )
     assert layout.dataset == "coco"
@@ -246,7 +299,7 @@ def test_make_config_reads_a_vocdevkit(shared_dir, tmp_path):
     write_devkit(
         root, {"2007": {"trainval": "ab", "test": "cd"}, "2012": {"trainval": "abc", "test": None}}
     )
-    config, layout, _, comments = make_config.derive_config(
+    config, layout, _, comments, _ = make_config.derive_config(
         load_config(QUICKSTART), make_config.parse_args(["--data", str(root), "--out", "x.yaml"])
     )
     assert (layout.dataset, layout.train_sets, layout.val_sets) == (

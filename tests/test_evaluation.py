@@ -75,6 +75,12 @@ def test_coco_numbers_equal_pycocotools_run_directly(shared_dir):
             single.summarize()
         assert ours["ap_per_class"][name] == pytest.approx(single.stats[0], abs=1e-12), name
     assert 0.0 < min(ours["ap_per_class"].values()) < max(ours["ap_per_class"].values()) < 1.0
+    # Per IoU threshold: pycocotools' own AP50 and AP75 at 0.50 and 0.75, AP their mean.
+    per_iou = ours["ap_per_iou"]
+    assert list(per_iou) == [f"{0.5 + 0.05 * index:.2f}" for index in range(10)]
+    assert per_iou["0.50"] == pytest.approx(direct.stats[1], abs=1e-12)
+    assert per_iou["0.75"] == pytest.approx(direct.stats[2], abs=1e-12)
+    assert sum(per_iou.values()) / 10 == pytest.approx(direct.stats[0], abs=1e-12)
 
 
 def test_coco_ground_truth_of_voc_records_makes_difficult_objects_crowd(shared_dir):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from layers.box_coding import xyxy_to_cxcywh
-from layers.multibox_loss import MultiBoxLoss, hard_negative_mask
+from layers.multibox_loss import MultiBoxLoss, box_regression_loss, hard_negative_mask
 from tests.conftest import loss_settings, random_priors
 from tests.test_matching import QUADRANTS
 
@@ -133,3 +133,57 @@ def test_prior_count_mismatch_is_reported():
     boxes, labels = _one_object()
     with pytest.raises(ValueError, match="predicts 5 boxes but the loss has 4 priors"):
         _loss()(torch.zeros(1, 5, 4), torch.zeros(1, 5, 3), boxes, labels)
+
+
+# Prior [0.4, 0.4, 0.6, 0.6] (zero offsets decode to it) and a box shifted by 0.1:
+# intersection 0.01, union 0.07, IoU 1/7; the enclosing box is 0.3 x 0.3.
+IOU_PRIOR_CXCYWH = torch.tensor([[0.5, 0.5, 0.2, 0.2]])
+IOU_BOX = torch.tensor([[[0.5, 0.5, 0.7, 0.7]]])
+IOU = 1 / 7
+GIOU_LOSS = 1 - (IOU - (0.09 - 0.07) / 0.09)
+# DIoU adds the squared centre distance over the enclosing diagonal squared; CIoU's
+# aspect term is zero for two squares.
+DIOU_LOSS = 1 - IOU + (0.1**2 + 0.1**2) / (0.3**2 + 0.3**2)
+
+
+@pytest.mark.parametrize(
+    "kind, expected", [("giou", GIOU_LOSS), ("diou", DIOU_LOSS), ("ciou", DIOU_LOSS)]
+)
+def test_iou_box_losses_of_two_known_boxes(kind, expected):
+    loss = box_regression_loss(
+        torch.zeros(1, 1, 4), IOU_BOX, torch.tensor([[True]]), IOU_PRIOR_CXCYWH,
+        variances=(0.1, 0.2), kind=kind,
+    )  # fmt: skip
+    assert loss.shape == (1, 1)
+    assert loss.item() == pytest.approx(expected, abs=1e-5)
+
+
+def test_ciou_adds_the_aspect_ratio_term():
+    # A 0.2 x 0.1 box centred on the 0.2 x 0.2 prior: IoU 0.5, no centre distance,
+    # v = 4 / pi^2 * (atan(2) - atan(1))^2, alpha = v / (1 - IoU + v).
+    box = torch.tensor([[[0.4, 0.45, 0.6, 0.55]]])
+    v = 4 / math.pi**2 * (math.atan(2.0) - math.atan(1.0)) ** 2
+    expected = 1 - 0.5 + v * v / (1 - 0.5 + v)
+    loss = box_regression_loss(
+        torch.zeros(1, 1, 4), box, torch.tensor([[True]]), IOU_PRIOR_CXCYWH,
+        variances=(0.1, 0.2), kind="ciou",
+    )  # fmt: skip
+    assert loss.item() == pytest.approx(expected, abs=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["giou", "diou", "ciou"])
+def test_iou_loss_is_zero_for_a_perfect_box_and_ignores_background(kind):
+    boxes, labels = _one_object()
+    logits = LOGITS[None].clone().requires_grad_(True)
+    loc_pred = torch.zeros(1, 4, 4, requires_grad=True)
+    out = _loss(box_loss=kind, neg_pos_ratio=3)(loc_pred, logits, boxes, labels)
+    assert out["loc_loss"].item() == pytest.approx(0.0, abs=1e-6)
+    out["loss"].backward()
+    # Background priors (paired with nothing) get no box gradient, and none is NaN.
+    assert torch.isfinite(loc_pred.grad).all()
+    assert torch.equal(loc_pred.grad[0, 1:], torch.zeros(3, 4))
+
+
+def test_unknown_box_loss_is_refused():
+    with pytest.raises(ValueError, match="unknown box loss 'iou'"):
+        _loss(box_loss="iou")

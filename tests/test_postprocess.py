@@ -182,3 +182,74 @@ def test_cuda_matches_cpu():
     for cpu_result, gpu_result in zip(on_cpu, on_gpu, strict=True):
         torch.testing.assert_close(gpu_result["scores"].cpu(), cpu_result["scores"])
         assert torch.equal(gpu_result["labels"].cpu(), cpu_result["labels"])
+
+
+# Soft-NMS: box 1 overlaps box 0 at IoU 50 / 100 = 0.5; box 2 lies apart.
+SOFT_BOXES = torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 5.0], [20.0, 20.0, 30.0, 30.0]])
+SOFT_SCORES = torch.tensor([0.9, 0.8, 0.7])
+
+
+@pytest.mark.parametrize(
+    "method, threshold, expected_order, expected_scores",
+    [
+        # Gaussian: 0.8 * exp(-0.5^2 / 0.5) = 0.4852, now below box 2's 0.7.
+        ("soft_gaussian", 0.3, [0, 2, 1], [0.9, 0.7, 0.8 * math.exp(-0.25 / 0.5)]),
+        # Linear above the threshold: 0.8 * (1 - 0.5) = 0.4.
+        ("soft_linear", 0.3, [0, 2, 1], [0.9, 0.7, 0.4]),
+        # At or below the threshold nothing decays.
+        ("soft_linear", 0.5, [0, 1, 2], [0.9, 0.8, 0.7]),
+        # Hard: box 1 is suppressed.
+        ("hard", 0.3, [0, 2], [0.9, 0.7]),
+    ],
+)
+def test_soft_nms_scores_after_one_suppression(method, threshold, expected_order, expected_scores):
+    kept, scores = postprocess_module.soft_nms(
+        SOFT_BOXES, SOFT_SCORES, method=method, iou_threshold=threshold, sigma=0.5,
+        score_threshold=0.01,
+    )  # fmt: skip
+    assert kept.tolist() == expected_order
+    assert scores.tolist() == pytest.approx(expected_scores, abs=1e-6)
+
+
+def test_soft_nms_drops_scores_that_decay_below_the_threshold():
+    kept, scores = postprocess_module.soft_nms(
+        SOFT_BOXES, SOFT_SCORES, method="soft_linear", iou_threshold=0.3, sigma=0.5,
+        score_threshold=0.45,
+    )  # fmt: skip
+    assert kept.tolist() == [0, 2] and scores.tolist() == pytest.approx([0.9, 0.7])
+
+
+def test_soft_nms_loop_with_hard_decay_equals_torchvision_nms():
+    generator = torch.Generator().manual_seed(0)
+    corners = torch.rand(60, 2, generator=generator) * 50
+    boxes = torch.cat([corners, corners + 5 + torch.rand(60, 2, generator=generator) * 20], dim=1)
+    scores = torch.rand(60, generator=generator)
+    kept, kept_scores = postprocess_module.soft_nms(
+        boxes, scores, method="hard", iou_threshold=0.4, sigma=0.5, score_threshold=0.0
+    )
+    assert kept.tolist() == nms(boxes, scores, 0.4).tolist()
+    assert torch.equal(kept_scores, scores[kept])
+
+
+@pytest.mark.parametrize("method", ["soft_linear", "soft_gaussian"])
+def test_soft_nms_post_processing_keeps_the_overlapping_box_with_a_lower_score(method):
+    [detections] = postprocess(
+        torch.zeros(1, 3, 4), LOGITS[None], PRIORS, nms=method, soft_nms_sigma=0.5
+    )
+    # Class 1: prior 1 (IoU 0.152 / 0.168 with prior 0) keeps its box at a decayed score;
+    # class 2 as with hard NMS.
+    iou = 0.152 / 0.168
+    decay = math.exp(-(iou**2) / 0.5) if method == "soft_gaussian" else 1 - iou
+    class1 = [_softmax([0.0, 5.0, -5.0], 1), _softmax([0.0, 4.0, 4.0], 1) * decay]
+    class2 = [_softmax([0.0, 4.0, 4.0], 2)]
+    assert detections["labels"].tolist() == [1, 2, 1]
+    assert detections["scores"].tolist() == pytest.approx(
+        [class1[0], class2[0], class1[1]], abs=1e-6
+    )
+    torch.testing.assert_close(detections["boxes"], PRIORS_XYXY[[0, 1, 1]])
+    [capped] = postprocess(torch.zeros(1, 3, 4), LOGITS[None], PRIORS, nms=method, max_detections=2)
+    assert capped["labels"].tolist() == [1, 2]
+    [empty] = postprocess(
+        torch.zeros(1, 3, 4), torch.tensor([[[9.0, 0.0, 0.0]] * 3]), PRIORS, nms=method
+    )
+    assert empty["boxes"].shape == (0, 4) and empty["labels"].dtype == torch.int64

@@ -6,6 +6,7 @@ import torch
 import yaml
 
 from engine.prior_fitting import (
+    MapPriors,
     PriorSearch,
     ShapeScorer,
     best_prior_iou,
@@ -15,6 +16,7 @@ from engine.prior_fitting import (
     map_grids,
     map_settings,
     prior_coverage,
+    spread,
     training_boxes,
 )
 from models.build import build_model, measure_feature_map_sizes
@@ -127,6 +129,45 @@ def test_fitting_finds_the_known_best_priors():
     assert coverage.mean_best_iou > 0.98 and coverage.num_priors == 48
     with pytest.raises(ValueError, match="need at least one prior"):
         fit_priors(boxes, base, max_priors=15, **settings)
+
+
+def test_fitted_sizes_grow_from_map_to_map():
+    # Two maps on one 4x4 grid at 100 px, one prior per location each; 32 squares of
+    # 20 px and 16 of 22 px centred on the cells. Free to choose, the maps take 20 and
+    # 22 px (every box exactly). With sizes growing by at least 1.2 per map, the best is
+    # 20 and 24 px: the 22-px boxes then reach (22/24)^2 = 0.840 on the second map,
+    # better than (20/22)^2 = 0.826 on the first; 18.33 and 22 px would give the many
+    # 20-px boxes only 0.840.
+    centres = (torch.arange(4) + 0.5) / 4
+    grid_y, grid_x = torch.meshgrid(centres, centres, indexing="ij")
+    cx, cy = grid_x.reshape(-1), grid_y.reshape(-1)
+
+    def squares(side):
+        half = side / 200
+        return torch.stack([cx - half, cy - half, cx + half, cy + half], dim=1)
+
+    boxes = torch.cat([squares(20), squares(20), squares(22)])
+    base = PriorConfig(min_sizes=[30, 60], max_sizes=None, aspect_ratios=[[], []], steps=None)
+    settings = dict(image_size=100, map_sizes=[(4, 4), (4, 4)], threshold=0.5, max_priors=32)
+    free, coverage = fit_priors(boxes, base, growth=1.0, **settings)
+    assert free.min_sizes == pytest.approx([20, 22], rel=0.01)
+    assert coverage.mean_best_iou == pytest.approx(1.0, abs=0.01)
+    grown, coverage = fit_priors(boxes, base, **settings)
+    assert grown.min_sizes == pytest.approx([20, 24], rel=0.015)
+    assert grown.min_sizes[1] >= 1.2 * grown.min_sizes[0] - 0.01
+    assert coverage.mean_best_iou == pytest.approx((32 + 16 * (22 / 24) ** 2) / 48, abs=0.005)
+
+
+def test_spread_raises_sizes_that_do_not_grow():
+    settings = [
+        MapPriors(60.37, 138.5, ()),
+        MapPriors(57.58, 86.37, ()),
+        MapPriors(60.37, 235.48, ()),
+    ]
+    grown = spread(settings, 1.2)
+    assert [item.min_size for item in grown] == pytest.approx([60.37, 72.45, 86.94])
+    # Max sizes keep their ratio to the min size, then grow too.
+    assert [item.max_size for item in grown] == pytest.approx([138.5, 166.2, 339.12], abs=0.02)
 
 
 TINY_SHAPES = [

@@ -8,6 +8,7 @@ import time
 
 import pytest
 import torch
+import yaml
 
 import engine.trainer
 import train
@@ -408,3 +409,27 @@ def test_checkpoints_carry_their_format_version(tmp_path):
         CheckpointError, match=r"checkpoint format 2 is newer than this code reads \(1\)"
     ):
         load_checkpoint(path)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["loss.box_loss=giou", "loss.loc_weight=2", "postprocess.nms=soft_gaussian",
+         "augment.mosaic_prob=1"],
+        ["loss.box_loss=diou", "postprocess.nms=soft_linear"],
+        ["loss.box_loss=ciou"],
+    ],
+)  # fmt: skip
+def test_tiny_run_with_the_box_loss_nms_and_mosaic_options(tiny_shapes_root, tmp_path, options):
+    output = tmp_path / "run"
+    config = str(REPO_ROOT / "configs" / "quickstart_shapes.yaml")
+    assert run_train("--config", config, *tiny_train_overrides(tiny_shapes_root, output),
+                     *options) == 0  # fmt: skip
+    assert all(math.isfinite(record["loss"]) for record in train_records(output))
+    results = json.loads((output / "results.json").read_text())
+    assert results["iterations"] == 6 and 0.0 <= results["mAP"] <= 1.0
+    saved = load_config(output / "config.yaml")
+    for option in options:
+        section, _, rest = option.partition(".")
+        key, _, value = rest.partition("=")
+        assert getattr(getattr(saved, section), key) == yaml.safe_load(value)

@@ -47,16 +47,26 @@ from data.voc import (
     read_split_ids,
     voc_year_folder,
 )
+from engine.budget import training_images_per_second
 from engine.prior_fitting import PriorFit, fit_config_priors, ssd_rule_priors
 from models.build import feature_map_sizes
-from utils.cli import positive_int, run_command
-from utils.config import Config, config_to_dict, load_config
+from utils.cli import number_in, positive_int, run_command
+from utils.config import POSITIVE, Config, config_to_dict, load_config
 from utils.errors import UserError
 from utils.log import setup_logging
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_BASE = Path("configs/fssd300_voc.yaml")
+# With --minutes: the network when the base's trains fewer than MIN_EPOCHS epochs in the
+# budget (the share of it spent in training steps: TRAINING_SHARE), and the recipe's
+# matching threshold and mosaic probability (measured on BCCD: docs/benchmarks.md).
+SMALL_CPU_BASE = Path("configs/quickstart_shapes.yaml")
+MIN_EPOCHS = 50
+TRAINING_SHARE = 0.9
+RECIPE_IOU_THRESHOLD = 0.5
+RECIPE_MOSAIC = 0.5
+positive_float = number_in(float, POSITIVE)
 SPLIT_PAIRS = (("train", "val"), ("trainval", "test"))
 
 
@@ -97,6 +107,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=positive_int,
         default=None,
         help="most priors the fitted settings may have (default: as many as the base's)",
+    )
+    parser.add_argument(
+        "--minutes",
+        type=positive_float,
+        default=None,
+        help="training budget in minutes (train.max_minutes): the run fits its length to it",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the prior search's sample")
     return parser.parse_intermixed_args(argv)
@@ -297,19 +313,9 @@ def choose_classes(found: list[str], wanted: str | None) -> list[str]:
     return names
 
 
-def derive_config(
-    base: Config, args: argparse.Namespace
-) -> tuple[Config, DataLayout, PriorFit, dict[str, str]]:
-    """The config for the data, the layout found, the prior fit and a comment per
-    derived key (``section.key``)."""
-    root = args.data
-    if not root.is_dir():
-        raise MakeConfigError(f"{root}: no such folder")
-    layout = (
-        voc_layout(root) if (args.format or detect_format(root)) == "voc" else coco_layout(root)
-    )
-    names = choose_classes(layout.class_names, args.classes)
-    size = args.image_size or base.model.image_size
+def _for_data(base: Config, layout: DataLayout, names: list[str], root: Path, size: int) -> Config:
+    """``base`` reading the data folder, with its classes and input size; its priors,
+    or SSD's recipe where they do not describe the network's maps at that size."""
     config = dataclasses.replace(
         base,
         model=dataclasses.replace(base.model, num_classes=len(names) + 1, image_size=size),
@@ -324,9 +330,109 @@ def derive_config(
         train=dataclasses.replace(base.train, output_dir=""),
     )
     num_maps = len(feature_map_sizes(config.model))
-    start = "the base's priors"
     if size != base.model.image_size or len(base.priors.min_sizes) != num_maps:
         config = dataclasses.replace(config, priors=ssd_rule_priors(base.priors, size, num_maps))
+    return config
+
+
+def choose_network(
+    base: Config, small: Config, *, minutes: float, train_images: int
+) -> tuple[Config, str]:
+    """The base's network if :data:`MIN_EPOCHS` epochs of ``train_images`` fit in
+    ``minutes`` at its measured training speed on this machine, else ``small`` (the
+    small CPU network and its from-scratch recipe); the reason, with the speeds."""
+
+    def epochs_of(config: Config) -> tuple[float, float]:
+        rate = training_images_per_second(config)
+        return rate, minutes * 60 * TRAINING_SHARE * rate / max(train_images, 1)
+
+    rate, epochs = epochs_of(base)
+    measured = (
+        f"the base's network trains at {rate:.1f} images/s on this machine: about "
+        f"{epochs:.1f} epochs of the {train_images} training images in {minutes:g} minutes"
+    )
+    if epochs >= MIN_EPOCHS:
+        return base, f"{measured} (at least {MIN_EPOCHS})"
+    small_rate, small_epochs = epochs_of(small)
+    return small, (
+        f"{measured}, fewer than {MIN_EPOCHS}; the small CPU network of {SMALL_CPU_BASE} "
+        f"(and its recipe for training from scratch) trains at {small_rate:.1f} images/s: "
+        f"about {small_epochs:.1f} epochs"
+    )
+
+
+def budget_recipe(config: Config, minutes: float) -> tuple[Config, dict[str, str]]:
+    """What a run on a time budget gets besides its network: the budget, SSD's matching
+    threshold, Gaussian Soft-NMS and mosaics (each measured on BCCD, docs/benchmarks.md);
+    a comment per key."""
+    comments = {
+        "train.max_minutes": (
+            f"--minutes: the run, evaluations included, fits its length to {minutes:g} "
+            "minutes of this machine's clock; train.epochs only shapes the schedule "
+            "(train.epochs / train.eval_interval evaluations, spread over the run)"
+        ),
+    }
+    loss, post, augment = config.loss, config.postprocess, config.augment
+    if loss.iou_threshold < RECIPE_IOU_THRESHOLD:
+        loss = dataclasses.replace(loss, iou_threshold=RECIPE_IOU_THRESHOLD)
+        comments["loss.iou_threshold"] = (
+            f"SSD's {RECIPE_IOU_THRESHOLD:g}: a lower threshold makes the priors between "
+            "touching objects positives of either (on BCCD's crowded red cells 0.4 lost "
+            "4.7 points of COCO AP)"
+        )
+    if post.nms == "hard":
+        post = dataclasses.replace(post, nms="soft_gaussian", soft_nms_sigma=0.5)
+        comments["postprocess.nms"] = (
+            "Gaussian Soft-NMS: overlapping boxes of one class lose score instead of being "
+            "dropped, so touching objects keep their boxes (+1 COCO AP on BCCD, same weights)"
+        )
+    if augment.mosaic_prob < RECIPE_MOSAIC:
+        augment = dataclasses.replace(augment, mosaic_prob=RECIPE_MOSAIC)
+        comments["augment.mosaic_prob"] = (
+            "mosaics of four images: more objects per step and new company for each, "
+            "at their own scale (+1.5 COCO AP on BCCD)"
+        )
+    train = dataclasses.replace(config.train, max_minutes=minutes)
+    return (
+        dataclasses.replace(config, loss=loss, postprocess=post, augment=augment, train=train),
+        comments,
+    )
+
+
+def derive_config(
+    base: Config, args: argparse.Namespace
+) -> tuple[Config, DataLayout, PriorFit, dict[str, str], Path]:
+    """The config for the data, the layout found, the prior fit, a comment per derived
+    key (``section.key``) and the config file whose network and training settings it
+    holds. With ``--minutes`` the network is chosen for the budget
+    (:func:`choose_network`) and the run gets :func:`budget_recipe`."""
+    root = args.data
+    if not root.is_dir():
+        raise MakeConfigError(f"{root}: no such folder")
+    layout = (
+        voc_layout(root) if (args.format or detect_format(root)) == "voc" else coco_layout(root)
+    )
+    names = choose_classes(layout.class_names, args.classes)
+    size = args.image_size or base.model.image_size
+    config = _for_data(base, layout, names, root, size)
+    comments: dict[str, str] = {}
+    base_path = args.base
+    if args.minutes:
+        small_base = load_config(SMALL_CPU_BASE)
+        small = _for_data(small_base, layout, names, root, size)
+        config, comments["model.architecture"] = choose_network(
+            config,
+            small,
+            minutes=args.minutes,
+            train_images=len(read_records(config, "train", names)),
+        )
+        if config is small:
+            base, base_path = small_base, SMALL_CPU_BASE
+        config, recipe = budget_recipe(config, args.minutes)
+        comments.update(recipe)
+    start = "the base's priors"
+    if config.priors != base.priors:
+        num_maps = len(feature_map_sizes(config.model))
         start = f"SSD's recipe for {num_maps} maps at {size} px (the base's are for another size)"
     records = read_records(config, "train", names)
     try:
@@ -342,22 +448,24 @@ def derive_config(
         "voc": f"a VOCdevkit with {', '.join(f'VOC{year}' for year in years)}",
         "coco": "COCO JSON",
     }[layout.dataset]
-    comments = {
-        "model.num_classes": f"{len(names)} classes + background",
-        "model.image_size": "--image-size" if args.image_size else f"the base's ({args.base})",
-        "priors.min_sizes": (
-            f"fitted to the {fit.boxes} training boxes at {size} px (python -m "
-            f"tools.fit_priors): {fit.after.num_priors} priors cover {fit.after.covered:.2%} "
-            f"of them at IoU >= {fit.after.threshold:g} (loss.iou_threshold; {before}); no "
-            f"prior settings can cover much more than {fit.limit:.2%} on these feature maps"
-        ),
-        "data.dataset": f"from --data {root}: {kind}",
-        "data.root": "relative to the folder train.py runs in",
-        "data.train_sets": layout.note,
-        "data.class_names": "the object names found in the annotations"
-        + (f" (--classes; left out: {', '.join(unused)})" if unused else "")
-        + "; label k is the k-th",
-    }
+    comments.update(
+        {
+            "model.num_classes": f"{len(names)} classes + background",
+            "model.image_size": "--image-size" if args.image_size else f"the base's ({args.base})",
+            "priors.min_sizes": (
+                f"fitted to the {fit.boxes} training boxes at {size} px (python -m "
+                f"tools.fit_priors): {fit.after.num_priors} priors cover {fit.after.covered:.2%} "
+                f"of them at IoU >= {fit.after.threshold:g} (loss.iou_threshold; {before}); no "
+                f"prior settings can cover much more than {fit.limit:.2%} on these feature maps"
+            ),
+            "data.dataset": f"from --data {root}: {kind}",
+            "data.root": "relative to the folder train.py runs in",
+            "data.train_sets": layout.note,
+            "data.class_names": "the object names found in the annotations"
+            + (f" (--classes; left out: {', '.join(unused)})" if unused else "")
+            + "; label k is the k-th",
+        }
+    )
     most = max(record.num_objects for record in records)
     cap = detection_cap(most, base.postprocess.max_detections)
     if cap > base.postprocess.max_detections:
@@ -372,7 +480,13 @@ def derive_config(
             f"a training image holds {most} objects: room for 1.5 times as many detections "
             f"per class before NMS and per image after it (the base keeps {post.max_detections})"
         )
-    return config, layout, fit, comments
+    if layout.dataset != "voc" and config.eval.metric != "coco":
+        config = dataclasses.replace(config, eval=dataclasses.replace(config.eval, metric="coco"))
+        comments["eval.metric"] = (
+            "COCO AP (IoU 0.5 to 0.95) scores the box's precision as well as the find, and "
+            "keeps best.pt by it; VOC's mAP counts a box at IoU 0.5 as found"
+        )
+    return config, layout, fit, comments, base_path
 
 
 def render(config: Config, base_path: Path, comments: dict[str, str], header: str) -> str:
@@ -420,15 +534,16 @@ def _wrap(text: str, width: int = 84) -> list[str]:
 def main(args: argparse.Namespace) -> int:
     setup_logging(is_main=True)
     base = load_config(args.base)
-    config, layout, fit, comments = derive_config(base, args)
+    config, layout, fit, comments, base_path = derive_config(base, args)
     header = (
         f"Written by python -m tools.make_config --data {args.data}"
         + (f" --image-size {args.image_size}" if args.image_size else "")
+        + (f" --minutes {args.minutes:g}" if args.minutes else "")
         + f" --base {args.base}.\n"
-        f"Network, training and augmentation settings: {args.base}; the commented keys\n"
+        f"Network, training and augmentation settings: {base_path}; the commented keys\n"
         "were derived from the data. Train with python train.py --config THIS_FILE."
     )
-    text = render(config, args.base, comments, header)
+    text = render(config, base_path, comments, header)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     temporary = args.out.with_name(args.out.name + ".tmp")
     temporary.write_text(text, encoding="utf-8")

@@ -94,22 +94,40 @@ class PriorConfig:
 
 @dataclass
 class LossConfig:
-    """Matching and multibox loss."""
+    """Matching and multibox loss.
+
+    ``box_loss``: ``smooth_l1`` (SSD's, on the encoded offsets) or an IoU loss on the
+    decoded boxes, ``giou``, ``diou`` or ``ciou``, which trains the box overlap that the
+    strict COCO thresholds (AP75) reward. IoU losses are about a quarter of smooth-L1's
+    size on a typical positive: raise ``loc_weight`` with them (2 is common).
+    """
 
     iou_threshold: float = 0.5
     neg_pos_ratio: int = 3
     min_negatives: int = 0
     loc_weight: float = 1.0
+    box_loss: Literal["smooth_l1", "giou", "diou", "ciou"] = "smooth_l1"
 
 
 @dataclass
 class PostProcessConfig:
-    """Detection output: thresholds and caps."""
+    """Detection output: thresholds and caps.
+
+    ``nms``: ``hard`` (greedy NMS: a box overlapping a higher-scoring one of its class
+    above ``nms_iou_threshold`` is dropped), or Soft-NMS (Bodla et al. 2017), which
+    lowers such a box's score instead, so that touching objects of one class (crowds)
+    keep their boxes: ``soft_linear`` multiplies it by 1 - IoU above
+    ``nms_iou_threshold``, ``soft_gaussian`` by exp(-IoU^2 / ``soft_nms_sigma``) at any
+    overlap. Boxes whose score falls to ``score_threshold`` or below are dropped.
+    Soft-NMS runs per image and class on the host; the ONNX export has hard NMS only.
+    """
 
     score_threshold: float = 0.01
     pre_nms_topk: int = 200
     nms_iou_threshold: float = 0.45
     max_detections: int = 200
+    nms: Literal["hard", "soft_linear", "soft_gaussian"] = "hard"
+    soft_nms_sigma: float = 0.5
 
 
 @dataclass
@@ -166,6 +184,10 @@ class AugmentConfig:
     crop_scale: tuple[float, float] = (0.3, 1.0)
     crop_aspect_ratio: tuple[float, float] = (0.5, 2.0)
     flip_prob: float = 0.5
+    # Mosaic (as in YOLOv4): with this probability a training image is four augmented
+    # images tiled 2 x 2 and cut back to the input size around a random centre, so that
+    # objects keep their scale and each image holds more of them, in new company.
+    mosaic_prob: float = 0.0
 
 
 @dataclass
@@ -175,6 +197,12 @@ class TrainConfig:
     # "" means runs/<config file name> (runs/default without a config file).
     output_dir: str = ""
     epochs: int = 120
+    # A wall-clock budget for the whole run in minutes, evaluations included (0 = none).
+    # With one, the length is fitted to the clock (estimated from the first iterations,
+    # fitted again at every epoch and evaluation) and train.epochs only shapes the
+    # schedule: LR milestones and the train.epochs / train.eval_interval evaluations keep
+    # their share of the run. Ends with the final evaluation and best.pt, as any run.
+    max_minutes: float = 0.0
     batch_size: int = 32
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -289,6 +317,7 @@ RANGES: dict[str, Range] = {
     "postprocess.pre_nms_topk": AT_LEAST_ONE,
     "postprocess.nms_iou_threshold": PROBABILITY,
     "postprocess.max_detections": AT_LEAST_ONE,
+    "postprocess.soft_nms_sigma": POSITIVE,
     "data.num_workers": NON_NEGATIVE,
     "data.shapes_train_images": AT_LEAST_ONE,
     "data.shapes_val_images": NON_NEGATIVE,
@@ -298,7 +327,9 @@ RANGES: dict[str, Range] = {
     "augment.expand_max_ratio": Range(1),
     "augment.crop_prob": PROBABILITY,
     "augment.flip_prob": PROBABILITY,
+    "augment.mosaic_prob": PROBABILITY,
     "train.epochs": AT_LEAST_ONE,
+    "train.max_minutes": NON_NEGATIVE,
     "train.batch_size": AT_LEAST_ONE,
     "train.eval_interval": NON_NEGATIVE,
     "train.checkpoint_interval": AT_LEAST_ONE,

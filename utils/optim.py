@@ -62,6 +62,17 @@ class LRSchedule:
         self.milestone_iterations = [epoch * iterations_per_epoch for epoch in milestones]
         self.gamma = gamma
         self.min_lr_factor = min_lr_factor
+        self._nominal = (total_iterations, warmup_iterations, list(self.milestone_iterations))
+
+    def fit_to(self, total_iterations: int) -> None:
+        """Stretch the schedule over ``total_iterations`` (a time-budgeted run): the
+        cosine spans them, multistep milestones keep their share of the run, and the
+        warm-up keeps its length up to a quarter of the run."""
+        nominal_total, nominal_warmup, nominal_milestones = self._nominal
+        scale = total_iterations / max(nominal_total, 1)
+        self.total_iterations = total_iterations
+        self.milestone_iterations = [round(milestone * scale) for milestone in nominal_milestones]
+        self.warmup_iterations = min(nominal_warmup, total_iterations // 4)
 
     def __call__(self, iteration: int) -> float:
         if self.schedule == "cosine":

@@ -18,7 +18,7 @@ from data.statistics import split_statistics
 from data.voc import VOC_CLASSES, read_voc_format
 from engine.prior_fitting import fit_config_priors, ssd_rule_priors
 from tests.conftest import REPO_ROOT
-from tools import inspect_data, make_config
+from tools import inspect_data, make_config, yolo_dataset
 from utils.checkpoint import load_checkpoint
 from utils.config import load_config
 
@@ -352,3 +352,34 @@ def test_detection_cap_leaves_room_for_the_most_crowded_image():
     assert make_config.detection_cap(279, 200) == 500
     assert make_config.detection_cap(134, 200) == 300
     assert make_config.detection_cap(6, 200) == 200
+
+
+def test_yolo_dataset_writes_the_boxes_this_project_trains_on(tmp_path):
+    root = tmp_path / "custom"
+    write_custom_folder(root)
+    out = tmp_path / "yolo"
+    config = tmp_path / "custom.yaml"
+    data = {"dataset": "custom", "root": str(root), "train_sets": ["all"], "val_sets": ["all"],
+            "class_names": ["cat", "dog"]}  # fmt: skip
+    config.write_text(yaml.safe_dump({"data": data, "model": {"num_classes": 3}}))
+    arguments = yolo_dataset.parse_args(["--config", str(config), "--out", str(out)])
+    assert yolo_dataset.main(arguments) == 0
+    # Image b's dog at VOC pixels 20..50 x 30..45 (1-based, inclusive) of 80 x 64 is
+    # [19, 29, 50, 45] in 0-based pixels: class 1, centre (34.5, 37), size 31 x 16.
+    [line] = (out / "labels" / "train" / "b.txt").read_text().splitlines()
+    expected = [1, 34.5 / 80, 37 / 64, 31 / 80, 16 / 64]
+    assert [float(value) for value in line.split()] == pytest.approx(expected, abs=1e-6)
+    records = read_records(load_config(config), "train", ["cat", "dog"])
+    for record in records:
+        lines = (out / "labels" / "train" / f"{record.image_id}.txt").read_text().splitlines()
+        assert len(lines) == record.num_objects
+        for line, box, label in zip(lines, record.boxes, record.labels, strict=True):
+            values = [float(value) for value in line.split()]
+            width, height = record.width, record.height
+            expected = [label - 1, (box[0] + box[2]) / 2 / width, (box[1] + box[3]) / 2 / height,
+                        (box[2] - box[0]) / width, (box[3] - box[1]) / height]  # fmt: skip
+            assert values == pytest.approx(expected, abs=1e-6)
+        image = out / "images" / "train" / f"{record.image_id}{record.image_path.suffix.lower()}"
+        assert image.resolve() == record.image_path.resolve()
+    content = yaml.safe_load((out / "data.yaml").read_text())
+    assert content["names"] == {0: "cat", 1: "dog"} and content["train"] == "images/train"

@@ -90,9 +90,10 @@ def parse_annotation(
 ) -> AnnotationRecord | None:
     """One VOC XML as a record, or ``None`` when the image must be left out.
 
-    Objects of unknown classes and inverted boxes are reported and dropped, boxes
-    outside the image clipped; an image without usable objects, or whose file cannot be
-    found, is reported and left out.
+    Objects of unknown classes, inverted boxes and points (``xmin == xmax`` and ``ymin
+    == ymax``: a click, not a box; BCCD has some) are reported and dropped, boxes outside
+    the image clipped; an image without usable objects, or whose file cannot be found,
+    is reported and left out.
     """
     try:
         content = read_voc_xml(path)
@@ -120,11 +121,18 @@ def parse_annotation(
     label_of = {name: label for label, name in enumerate(class_names, start=1)}
     boxes, labels, difficult = [], [], []
     unknown: dict[str, int] = {}
-    for item in content["objects"]:
+    for index, item in enumerate(content["objects"]):
         if item["name"] not in label_of:
             unknown[item["name"]] = unknown.get(item["name"], 0) + 1
             continue
         xmin, ymin, xmax, ymax = item["box"]
+        if xmin == xmax and ymin == ymax:
+            problems.report(
+                path,
+                f"object {index} ('{item['name']}') is a point ({xmin:g}, {ymin:g}), not a box; "
+                "left out",
+            )
+            continue
         # 1-based inclusive pixels -> 0-based continuous coordinates.
         boxes.append([xmin - 1, ymin - 1, xmax, ymax])
         labels.append(label_of[item["name"]])

@@ -104,7 +104,7 @@ def test_bad_annotations_are_reported_with_file_and_problem(tmp_path, caplog):
         tmp_path / "a.xml",
         "a.jpg",
         [("cat", (10, 10, 50, 50)), ("cat", (60, 10, 20, 40)), ("cat", (50, 50, 150, 70)),
-         ("unicorn", (1, 1, 5, 5))],
+         ("unicorn", (1, 1, 5, 5)), ("cat", (30, 30, 30, 30))],
     )  # fmt: skip
     _write_image(tmp_path / "empty.jpg")
     _write_xml(tmp_path / "empty.xml", "empty.jpg", [])
@@ -112,9 +112,10 @@ def test_bad_annotations_are_reported_with_file_and_problem(tmp_path, caplog):
     (tmp_path / "broken.xml").write_text("<annotation><object>")
     records = read_voc_format(tmp_path, "all", ["cat"], ProblemReport("skip"))
     assert [record.image_id for record in records] == ["a"]
-    # Inverted box dropped, box outside the image clipped, unknown class dropped.
+    # Inverted box dropped, box outside the image clipped, unknown class and point dropped.
     np.testing.assert_array_equal(records[0].boxes, [[9, 9, 50, 50], [49, 49, 100, 70]])
     text = caplog.text
+    assert "a.xml: object 4 ('cat') is a point (30, 30), not a box; left out" in text
     assert "a.xml: box 1 [59, 9, 20, 40] is inverted or empty" in text
     assert "a.xml: box 2 [49, 49, 150, 70] reaches outside the 100x80 image; clipped" in text
     assert "a.xml: 1 objects of unknown classes 'unicorn' (1) left out" in text
@@ -124,7 +125,7 @@ def test_bad_annotations_are_reported_with_file_and_problem(tmp_path, caplog):
         in text
     )
     assert "broken.xml: not a readable XML annotation" in text
-    with pytest.raises(BadSampleError, match=r"a\.xml: 1 objects of unknown classes .unicorn."):
+    with pytest.raises(BadSampleError, match=r"a\.xml: object 4 \('cat'\) is a point"):
         read_voc_format(tmp_path, "all", ["cat"], ProblemReport("stop"))
 
 

@@ -35,8 +35,8 @@ def box_regression_loss(
 ) -> Tensor:
     """Each prior's box regression loss (meaningful on positives only).
 
-    ``smooth_l1`` is SSD's: smooth-L1 (beta 1) on the encoded offsets, summed over the
-    four coordinates. ``giou``/``diou``/``ciou`` decode the predicted offsets and take
+    ``smooth_l1`` is SSD's: smooth-L1 (beta 1) on each of the four encoded offsets.
+    ``giou``/``diou``/``ciou`` decode the predicted offsets and take
     1 - GIoU (Rezatofighi et al. 2019), 1 - DIoU or 1 - CIoU (Zheng et al. 2020) of the
     decoded box and its ground truth: they score the overlap that AP measures, and do
     not depend on the variances' scale.
@@ -50,12 +50,13 @@ def box_regression_loss(
         kind: one of :data:`BOX_LOSSES`.
 
     Returns:
-        ``[B, P]`` float32 loss per prior.
+        ``[B, P, K]`` float32 loss terms per prior, to be summed: ``K`` = 4 coordinates
+        for ``smooth_l1``, 1 for the IoU losses.
     """
     loc_pred = loc_pred.float()
     if kind == "smooth_l1":
         loc_targets = encode(matched_boxes_xyxy, priors_cxcywh, variances)
-        return F.smooth_l1_loss(loc_pred, loc_targets.float(), reduction="none", beta=1.0).sum(-1)
+        return F.smooth_l1_loss(loc_pred, loc_targets.float(), reduction="none", beta=1.0)
     if kind not in _IOU_LOSSES:
         raise ValueError(f"unknown box loss {kind!r}; expected one of {', '.join(BOX_LOSSES)}")
     predicted = decode(loc_pred, priors_cxcywh, variances)  # [B, P, 4]
@@ -64,7 +65,7 @@ def box_regression_loss(
     priors_xyxy = cxcywh_to_xyxy(priors_cxcywh.float()).expand_as(predicted)
     targets = torch.where(positive[:, :, None], matched_boxes_xyxy.float(), priors_xyxy)
     loss = _IOU_LOSSES[kind](predicted.reshape(-1, 4), targets.reshape(-1, 4), reduction="none")
-    return loss.reshape(positive.shape)
+    return loss.reshape(*positive.shape, 1)
 
 
 def hard_negative_mask(
@@ -113,7 +114,7 @@ def multibox_loss(
     Both terms are summed over the batch and divided by ``max(num_positives, 1)``.
 
     Args:
-        loc_loss_per_prior: ``[B, P]`` box regression loss of each prior
+        loc_loss_per_prior: ``[B, P, K]`` box regression loss terms of each prior
             (:func:`box_regression_loss`); only positives count.
         conf_logits: ``[B, P, C]`` class logits, class 0 is background.
         labels: ``[B, P]`` int64 matched labels, 0 for background.
@@ -143,7 +144,8 @@ def multibox_loss(
     # a NaN, and boolean indexing would sync with the host.
     selected = positive | negative
     conf_loss = torch.where(selected, conf_loss_per_prior, 0.0).sum() / normaliser
-    loc_loss = torch.where(positive, loc_loss_per_prior, 0.0).sum() / normaliser
+    # One sum over every term, as SSD's smooth-L1 always was (runs stay bit-identical).
+    loc_loss = torch.where(positive[:, :, None], loc_loss_per_prior, 0.0).sum() / normaliser
     return {
         "loss": conf_loss + loc_weight * loc_loss,
         "loc_loss": loc_loss,

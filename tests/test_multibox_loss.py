@@ -154,7 +154,7 @@ def test_iou_box_losses_of_two_known_boxes(kind, expected):
         torch.zeros(1, 1, 4), IOU_BOX, torch.tensor([[True]]), IOU_PRIOR_CXCYWH,
         variances=(0.1, 0.2), kind=kind,
     )  # fmt: skip
-    assert loss.shape == (1, 1)
+    assert loss.shape == (1, 1, 1)
     assert loss.item() == pytest.approx(expected, abs=1e-5)
 
 

@@ -62,6 +62,7 @@ from engine.prior_fitting import PriorFit, fit_config_priors, ssd_rule_priors
 from models.build import feature_map_sizes
 from utils.cli import number_in, positive_int, run_command
 from utils.config import POSITIVE, Config, config_to_dict, load_config
+from utils.device import choose_device
 from utils.errors import UserError
 from utils.log import setup_logging
 
@@ -354,7 +355,9 @@ def choose_network(
     small CPU network and its from-scratch recipe); the reason, with the speeds."""
 
     def epochs_of(config: Config) -> tuple[float, float]:
-        rate = training_images_per_second(config)
+        # Timed where train.py would train (train.device), on a GPU when there is one.
+        device = choose_device(config.train.device, origin="train.device")
+        rate = training_images_per_second(config, device=str(device))
         return rate, minutes * 60 * TRAINING_SHARE * rate / max(train_images, 1)
 
     rate, epochs = epochs_of(base)

@@ -1,4 +1,6 @@
 import numpy as np
+import onnxruntime  # noqa: F401  (requirements-dev.txt: missing fails, not skips)
+import onnxscript  # noqa: F401
 import pytest
 import torch
 
@@ -6,9 +8,6 @@ from engine.export import DecodedDetector, export_detector, export_onnx, onnxrun
 from models.build import build_model, build_postprocessor
 from tests.conftest import REPO_ROOT, TINY_MODEL, randomise_batchnorm
 from utils.config import load_config
-
-pytest.importorskip("onnxruntime")
-pytest.importorskip("onnxscript")
 
 
 @pytest.fixture(scope="module")

@@ -33,10 +33,11 @@ def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
 class DetectionDataset(Dataset):
     """Images and boxes from annotation records, through a transform.
 
-    Items are dicts: ``image`` uint8 ``[3, S, S]`` RGB, ``boxes`` float32 ``[G, 4]``
-    normalised xyxy, ``labels`` int64 ``[G]``, ``index``, ``image_id``, ``orig_size``
-    ``(height, width)``. An item key is an index or an ``(index, epoch)`` pair (the
-    sampler passes the epoch so augmentation is reproducible).
+    Items are dicts: ``image`` uint8 ``[3, S, S]`` RGB (a view of HWC memory),
+    ``boxes`` float32 ``[G, 4]`` normalised xyxy, ``labels`` int64 ``[G]``, ``index``,
+    ``image_id``, ``orig_size`` ``(height, width)``. An item key is an index or an
+    ``(index, epoch)`` pair (the sampler passes the epoch so augmentation is
+    reproducible).
 
     A sample whose image cannot be read is reported; with ``on_bad_sample="skip"`` the
     item is ``None`` (the collate function drops it), with ``"stop"``
@@ -113,7 +114,8 @@ class DetectionDataset(Dataset):
                 tiles = [(image, boxes, labels)] + [partner[:3] for partner in partners]
                 image, boxes, labels = mosaic(tiles, rng)
         return {
-            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
+            # [3, S, S] over the image's HWC memory (collate stacks NHWC batches).
+            "image": torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1),
             "boxes": torch.from_numpy(boxes.astype(np.float32)).reshape(-1, 4),
             "labels": torch.from_numpy(labels.astype(np.int64)),
             "index": index,

@@ -10,6 +10,7 @@ in as pixels ``[G, 4]`` xyxy and leave normalised to [0, 1] for the model input.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -115,62 +116,100 @@ class SSDAugmentation:
         labels: np.ndarray,
         rng: np.random.Generator,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """SSD's augmentation, geometry first: the zoom-out, crop and flip are decided on
+        the boxes alone, the image is warped once to the output size (the mean fills
+        what lies outside it) and the colour is jittered on the small output. The random
+        draws are SSD's, in its order."""
+        height, width = image.shape[:2]
         boxes = boxes.astype(np.float32)
-        image = self.photometric(image, rng)
+        photometric = self.draw_photometric(rng)
+        # The (virtual) zoomed-out canvas: the image sits at ``offset`` inside it.
+        canvas_w, canvas_h, offset = width, height, np.zeros(2, dtype=np.float32)
         if rng.random() < self.expand_prob:
-            image, boxes = self.expand(image, boxes, rng)
+            ratio = rng.uniform(1.0, self.expand_max_ratio)
+            canvas_h, canvas_w = int(height * ratio), int(width * ratio)
+            top = int(rng.uniform(0, canvas_h - height))
+            left = int(rng.uniform(0, canvas_w - width))
+            offset = np.array([left, top], dtype=np.float32)
+            boxes = boxes + np.tile(offset, 2)
+        window = np.array([0, 0, canvas_w, canvas_h], dtype=np.float32)
         if len(boxes) and rng.random() < self.crop_prob:
-            image, boxes, labels = self.crop(image, boxes, labels, rng)
-        if rng.random() < self.flip_prob:
-            image, boxes = self.flip(image, boxes)
-        return resize_to_model(image, boxes, labels, self.size)
+            window, boxes, labels = self.crop_window(canvas_w, canvas_h, boxes, labels, rng)
+        window_w, window_h = window[2] - window[0], window[3] - window[1]
+        flip = rng.random() < self.flip_prob
+        if flip:
+            boxes = np.stack(
+                [window_w - boxes[:, 2], boxes[:, 1], window_w - boxes[:, 0], boxes[:, 3]], axis=1
+            )
+        output = warp_window(
+            image,
+            window - np.tile(offset, 2),
+            self.size,
+            flip=flip,
+            fill=(canvas_w, canvas_h) != (width, height),
+        )
+        output = self.photometric(output, photometric)
+        scale = np.array([window_w, window_h, window_w, window_h], dtype=np.float32)
+        normalised = np.clip(boxes.reshape(-1, 4) / scale, 0.0, 1.0)
+        normalised, labels = _keep_valid(normalised, labels, 0.1 / self.size)
+        return output, normalised, labels
 
-    def photometric(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def draw_photometric(self, rng: np.random.Generator) -> PhotometricDraw | None:
+        """The colour jitter of one sample (SSD's draws, in its order); None when off."""
         p = self.photometric_prob
         if p <= 0:
-            return image
-        result = image.astype(np.float32)
-        if rng.random() < p:
-            result += rng.uniform(-self.brightness_delta, self.brightness_delta)
+            return None
+        brightness = (
+            rng.uniform(-self.brightness_delta, self.brightness_delta) if rng.random() < p else None
+        )
         contrast_first = rng.random() < 0.5
-        if contrast_first and rng.random() < p:
-            result *= rng.uniform(*self.contrast_range)
+        contrast = (
+            rng.uniform(*self.contrast_range) if contrast_first and rng.random() < p else None
+        )
         saturation = rng.uniform(*self.saturation_range) if rng.random() < p else None
         hue = rng.uniform(-self.hue_delta, self.hue_delta) if rng.random() < p else None
-        if saturation is not None or hue is not None:
-            hsv = cv2.cvtColor(np.clip(result, 0, 255) / 255.0, cv2.COLOR_RGB2HSV)
-            if saturation is not None:
-                hsv[..., 1] = np.clip(hsv[..., 1] * saturation, 0.0, 1.0)
-            if hue is not None:
-                hsv[..., 0] = (hsv[..., 0] + hue) % 360.0
-            result = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB) * 255.0
         if not contrast_first and rng.random() < p:
-            result *= rng.uniform(*self.contrast_range)
-        return np.clip(result, 0, 255).astype(np.uint8)
+            contrast = rng.uniform(*self.contrast_range)
+        return PhotometricDraw(brightness, contrast, contrast_first, saturation, hue)
 
-    def expand(
-        self, image: np.ndarray, boxes: np.ndarray, rng: np.random.Generator
-    ) -> tuple[np.ndarray, np.ndarray]:
-        height, width = image.shape[:2]
-        ratio = rng.uniform(1.0, self.expand_max_ratio)
-        canvas_h, canvas_w = int(height * ratio), int(width * ratio)
-        top = int(rng.uniform(0, canvas_h - height))
-        left = int(rng.uniform(0, canvas_w - width))
-        canvas = np.empty((canvas_h, canvas_w, 3), dtype=image.dtype)
-        canvas[:] = MEAN_FILL_RGB
-        canvas[top : top + height, left : left + width] = image
-        return canvas, boxes + np.array([left, top, left, top], dtype=np.float32)
+    @staticmethod
+    def photometric(image: np.ndarray, draw: PhotometricDraw | None) -> np.ndarray:
+        """SSD's photometric distortion in 8 bits, as the original Caffe SSD: brightness,
+        contrast before or after the saturation and hue steps, each only when drawn. The
+        per-value steps are lookup tables; saturation and hue act on 8-bit HSV (hue on
+        the full circle in 256 steps)."""
+        if draw is None or draw.is_identity:
+            return image
+        levels = np.arange(256, dtype=np.float32)
+        before = levels + (draw.brightness or 0.0)
+        if draw.contrast_first and draw.contrast is not None:
+            before *= draw.contrast
+        after = levels * (draw.contrast if not draw.contrast_first and draw.contrast else 1.0)
+        if draw.saturation is None and draw.hue is None:
+            return cv2.LUT(image, _to_uint8(after[_to_uint8(before)]))
+        result = cv2.LUT(image, _to_uint8(before))
+        hsv = cv2.cvtColor(result, cv2.COLOR_RGB2HSV_FULL)
+        hue = (levels + (draw.hue or 0.0) * 256.0 / 360.0) % 256.0
+        saturation = levels * (draw.saturation if draw.saturation is not None else 1.0)
+        table = np.stack([np.floor(hue + 0.5) % 256, saturation, levels], axis=1)
+        hsv = cv2.LUT(hsv, _to_uint8(table)[:, None, :])
+        result = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB_FULL)
+        if not draw.contrast_first and draw.contrast is not None:
+            result = cv2.LUT(result, _to_uint8(after))
+        return result
 
-    def crop(
+    def crop_window(
         self,
-        image: np.ndarray,
+        width: int,
+        height: int,
         boxes: np.ndarray,
         labels: np.ndarray,
         rng: np.random.Generator,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """SSD's random crop: a patch whose IoU with some box reaches the mode's
-        minimum, keeping the boxes whose centres fall inside it (clipped to it)."""
-        height, width = image.shape[:2]
+        """SSD's random crop of a ``width x height`` image: a window (integer pixels)
+        whose IoU with some box reaches the mode's minimum, and the boxes whose centres
+        fall inside it, clipped to it and relative to it. The whole image and all boxes
+        when no trial succeeds."""
         min_iou = self.crop_min_ious[int(rng.integers(len(self.crop_min_ious)))]
         for _ in range(self.max_crop_trials):
             crop_w = rng.uniform(self.crop_scale[0], self.crop_scale[1]) * width
@@ -198,16 +237,52 @@ class SSDAugmentation:
             kept = boxes[inside].copy()
             kept[:, :2] = np.maximum(kept[:, :2], rect[:2]) - rect[:2]
             kept[:, 2:] = np.minimum(kept[:, 2:], rect[2:]) - rect[:2]
-            x1, y1, x2, y2 = (int(value) for value in rect)
-            return image[y1:y2, x1:x2], kept, labels[inside]
-        return image, boxes, labels
+            return rect, kept, labels[inside]
+        return np.array([0, 0, width, height], dtype=np.float32), boxes, labels
 
-    def flip(self, image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        width = image.shape[1]
-        flipped = boxes.copy()
-        flipped[:, 0] = width - boxes[:, 2]
-        flipped[:, 2] = width - boxes[:, 0]
-        return image[:, ::-1], flipped
+
+@dataclass(frozen=True)
+class PhotometricDraw:
+    """One sample's colour jitter (None: the step is skipped)."""
+
+    brightness: float | None
+    contrast: float | None
+    contrast_first: bool
+    saturation: float | None
+    hue: float | None
+
+    @property
+    def is_identity(self) -> bool:
+        return all(
+            value is None for value in (self.brightness, self.contrast, self.saturation, self.hue)
+        )
+
+
+def warp_window(
+    image: np.ndarray, window: np.ndarray, size: int, *, flip: bool = False, fill: bool = False
+) -> np.ndarray:
+    """The ``window`` (x1, y1, x2, y2 in the image's pixels) resized to ``size x size``
+    in one bilinear warp, mirrored when ``flip``. Sampling matches ``cv2.resize`` of the
+    cut-out window (pixel centres aligned). Beyond the image's edge the warp repeats the
+    edge, as a resize does; with ``fill`` (a zoomed-out window that reaches outside the
+    image) it reads the mean fill there instead."""
+    x1, y1, x2, y2 = (float(value) for value in window)
+    scale_x, scale_y = (x2 - x1) / size, (y2 - y1) / size
+    # Output pixel (u, v) reads the image at x = (u + 0.5) * scale_x - 0.5 + x1, or the
+    # mirrored x = x2 - 0.5 - (u + 0.5) * scale_x.
+    if flip:
+        row_x = [-scale_x, 0.0, x2 - 0.5 - 0.5 * scale_x]
+    else:
+        row_x = [scale_x, 0.0, x1 - 0.5 + 0.5 * scale_x]
+    inverse = np.array([row_x, [0.0, scale_y, y1 - 0.5 + 0.5 * scale_y]], dtype=np.float64)
+    return cv2.warpAffine(
+        image,
+        inverse,
+        (size, size),
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_CONSTANT if fill else cv2.BORDER_REPLICATE,
+        borderValue=MEAN_FILL_RGB,
+    )
 
 
 # A mosaic keeps a box cut by its window when at least this share of its area is inside
@@ -255,6 +330,12 @@ def mosaic(
     normalised = (clipped[keep] - np.concatenate([window[:2], window[:2]])) / size
     image = canvas[top : top + size, left : left + size]
     return np.ascontiguousarray(image), normalised.astype(np.float32), labels[keep]
+
+
+def _to_uint8(values: np.ndarray) -> np.ndarray:
+    """Values rounded to the nearest level and saturated to 0..255 (OpenCV's
+    ``saturate_cast``)."""
+    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
 
 
 def _iou_with(boxes: np.ndarray, rect: np.ndarray) -> np.ndarray:

@@ -7,7 +7,8 @@ Each path is off by default and tested for equal outputs (``tests/test_inference
 - ``inference_mode``: ``torch.inference_mode`` instead of ``torch.no_grad`` (no view or
   version-counter tracking);
 - ``compile``: ``torch.compile`` of the network (Inductor; needs a C++ compiler on CPU);
-- ``autocast``: bf16 or fp16 autocast on CUDA (the post-processing stays in float32);
+- ``autocast``: bf16 or fp16 autocast (fp16 on CUDA only; ``auto`` picks what the device
+  runs natively, see utils.device.resolve_precision); the post-processing stays in float32;
 - ``cuda_graphs``: the network's forward captured once per input shape in a CUDA graph
   and replayed, which removes the per-kernel launch cost at small batches.
 
@@ -39,7 +40,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from models.folding import fold_batchnorm
-from utils.device import DeviceError, autocast_context, autocast_dtype
+from utils.device import DeviceError, autocast_context, resolve_precision
 from utils.log import progress_bar
 from utils.timing import synchronize
 
@@ -54,7 +55,7 @@ class SpeedOptions:
     fold_bn: bool = False
     inference_mode: bool = False
     compile: bool = False
-    autocast: Literal["none", "bf16", "fp16"] = "none"
+    autocast: Literal["none", "auto", "bf16", "fp16"] = "none"
     cuda_graphs: bool = False
 
 
@@ -88,7 +89,8 @@ class NetworkRunner:
     """
 
     def __init__(self, network: nn.Module, *, device: torch.device, options: SpeedOptions) -> None:
-        self.autocast_dtype = autocast_dtype(options.autocast, device)
+        self.precision = resolve_precision(options.autocast, device, origin="--amp")
+        self.autocast_dtype = self.precision.dtype
         if options.cuda_graphs and device.type != "cuda":
             raise DeviceError(f"CUDA graphs need a CUDA device; the device is {device}")
         network = network.eval().to(device)
@@ -107,8 +109,8 @@ class NetworkRunner:
         return self._run(batch)
 
     def _run(self, batch: Tensor) -> tuple[Tensor, ...]:
-        if self.options.channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last)
+        layout = torch.channels_last if self.options.channels_last else torch.contiguous_format
+        batch = batch.contiguous(memory_format=layout)
         with autocast_context(self.device, self.autocast_dtype):
             outputs = self.callable(batch)
         outputs = outputs if isinstance(outputs, tuple | list) else (outputs,)
@@ -305,7 +307,7 @@ class OnnxRuntimePipeline(DetectorPipeline):
 
     def forward(self, batch: Tensor) -> tuple[np.ndarray, ...]:
         """``boxes`` ``[B, D, 4]`` (input pixels), ``scores``, ``labels``, ``count``."""
-        return tuple(self.session.run(None, {"images": batch.cpu().numpy()}))
+        return tuple(self.session.run(None, {"images": batch.cpu().contiguous().numpy()}))
 
     def postprocess(
         self, outputs: tuple[np.ndarray, ...], sizes: Sequence[tuple[int, int]]

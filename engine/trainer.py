@@ -54,7 +54,7 @@ from utils.checkpoint import (
     save_checkpoint,
 )
 from utils.config import Config, ConfigError, config_to_yaml, save_config
-from utils.device import amp_dtype, choose_device
+from utils.device import choose_device, resolve_precision
 from utils.distributed import DistributedContext, barrier, broadcast_from_main
 from utils.errors import user_message
 from utils.log import MetricsWriter
@@ -90,10 +90,15 @@ class TrainingRun:
             config.train.device, local_rank=context.local_rank, origin="train.device"
         )
         self.output_dir = Path(config.train.output_dir)
-        self.autocast_dtype = amp_dtype(config.train.amp)
-        if self.autocast_dtype is not None and self.device.type != "cuda":
-            logger.warning("train.amp=%s needs CUDA; training in float32", config.train.amp)
-            self.autocast_dtype = None
+        self.precision = resolve_precision(config.train.amp, self.device, origin="train.amp")
+        self.autocast_dtype = self.precision.dtype
+        if context.is_main:
+            logger.info(
+                "precision: %s on %s (%s)",
+                "float32" if self.autocast_dtype is None else self.precision.name,
+                self.device,
+                self.precision.reason,
+            )
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         if context.is_main:
@@ -314,16 +319,15 @@ class TrainingRun:
             return None
         result: dict[str, Any] = {"mAP": math.nan}
         if self.evaluator is not None:
-            amp = self.config.train.amp if self.autocast_dtype is not None else "none"
+            # In float32 whatever train.amp is, as test.py runs by default: the score
+            # that chooses best.pt is the one test.py reports for it.
             pipeline = InferencePipeline(
                 self.model,
                 self.postprocessor,
                 image_size=self.config.model.image_size,
                 device=self.device,
                 options=SpeedOptions(
-                    channels_last=self.config.train.channels_last,
-                    inference_mode=True,
-                    autocast=amp,
+                    channels_last=self.config.train.channels_last, inference_mode=True
                 ),
             )
             detections, timing = predict(pipeline, self.val_loader)

@@ -153,8 +153,9 @@ def train_one_epoch(
             rng = np.random.default_rng([options.seed, state.iteration, context.rank])
             if rng.random() < options.mixup_prob:
                 images, boxes, labels = mixup_batch(images, boxes, labels, rng, options.mixup_alpha)
-        if options.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
+        # Batches arrive in NHWC memory (data.loader.collate).
+        memory_format = torch.channels_last if options.channels_last else torch.contiguous_format
+        images = images.contiguous(memory_format=memory_format)
         with autocast_context(device, options.autocast_dtype):
             loc, conf = model(images)
         losses = parts.loss_fn(loc, conf, boxes, labels)

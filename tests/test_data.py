@@ -5,10 +5,13 @@ import torch
 from data.coco import read_coco
 from data.dataset import DetectionDataset
 from data.loader import ResumableSampler, collate
-from data.records import BadSampleError, ProblemReport
+from data.records import BadSampleError, ProblemReport, read_image
 from data.shapes import SHAPE_CLASSES, ensure_shapes_dataset, generate_image
 from data.transforms import EvalTransform, SSDAugmentation, mosaic
 from data.voc import VOC_CLASSES, discover_class_names, read_voc_format
+from tests.reference_augmentation import photometric as reference_photometric
+from tests.reference_augmentation import reference_augmentation
+from utils.pixels import MEAN_FILL_RGB
 
 SHAPES_SETTINGS = {"num_train": 12, "num_val": 4, "image_size": 96, "seed": 3}
 
@@ -178,8 +181,6 @@ def test_shapes_generator_is_deterministic_and_checks_its_manifest(tmp_path):
 def test_augmentation_keeps_boxes_inside_and_labels_in_step(shared_dir):
     records = voc_mini(shared_dir)[:20]
     augment = SSDAugmentation(size=96)
-    from data.records import read_image
-
     for index, record in enumerate(records):
         image = read_image(record.image_path)
         for repeat in range(5):
@@ -203,20 +204,79 @@ def test_flip_expand_and_crop_move_boxes_with_the_image():
     image = np.zeros((40, 60, 3), dtype=np.uint8)
     image[10:20, 5:25] = 255
     boxes = np.array([[5, 10, 25, 20]], dtype=np.float32)
-    augment = SSDAugmentation(size=60, photometric_prob=0, expand_prob=0, crop_prob=0, flip_prob=1)
-    flipped_image, flipped = augment.flip(image, boxes)
-    np.testing.assert_array_equal(flipped, [[35, 10, 55, 20]])
-    assert flipped_image[10:20, 35:55].min() == 255
-    canvas, moved = augment.expand(image, boxes, np.random.default_rng(0))
-    x1, y1, x2, y2 = moved[0].astype(int)
-    assert canvas[y1:y2, x1:x2].min() == 255 and canvas.shape[0] >= 40
-    # A crop keeps only boxes whose centre is inside, clipped and shifted to the crop.
+    flipper = SSDAugmentation(size=60, photometric_prob=0, expand_prob=0, crop_prob=0, flip_prob=1)
+    out, flipped, _ = flipper(image, boxes, np.array([1]), np.random.default_rng(0))
+    # x: 60 - 25 = 35 .. 60 - 5 = 55 of 60; y: 10 .. 20 of 40, on a 60 x 60 output.
+    np.testing.assert_allclose(flipped * 60, [[35, 15, 55, 30]], atol=1e-4)
+    assert out[16:29, 36:54].min() == 255 and out[:, :34].max() == 0
+    # A zoom-out puts the image on the mean fill; the box still frames the white patch.
+    zoomer = SSDAugmentation(size=120, photometric_prob=0, expand_prob=1, crop_prob=0, flip_prob=0)
+    for seed in range(5):
+        out, moved, _ = zoomer(image, boxes, np.array([1]), np.random.default_rng(seed))
+        x1, y1, x2, y2 = np.round(moved[0] * 120).astype(int)
+        assert out[y1 + 1 : y2 - 1, x1 + 1 : x2 - 1].min() >= 250
+        assert tuple(out[0, 0]) == MEAN_FILL_RGB or tuple(out[-1, -1]) == MEAN_FILL_RGB
+    # A crop keeps only boxes whose centre is inside, clipped and shifted to the window.
     two = np.array([[5, 10, 25, 20], [40, 25, 58, 38]], dtype=np.float32)
     cropper = SSDAugmentation(size=60, crop_min_ious=[None])
     for seed in range(20):
-        crop, kept, labels = cropper.crop(image, two, np.array([1, 2]), np.random.default_rng(seed))
+        window, kept, labels = cropper.crop_window(
+            60, 40, two, np.array([1, 2]), np.random.default_rng(seed)
+        )
         assert len(kept) == len(labels) >= 1
-        assert (kept[:, 2] <= crop.shape[1]).all() and (kept[:, 3] <= crop.shape[0]).all()
+        assert (kept >= 0).all() and (kept[:, 2] <= window[2] - window[0]).all()
+        assert (kept[:, 3] <= window[3] - window[1]).all()
+
+
+def _augment_both(augment, reference_options, image, record, seed):
+    ours = augment(image, record.boxes.copy(), record.labels.copy(), np.random.default_rng(seed))
+    reference = reference_augmentation(
+        image, record.boxes.copy(), record.labels.copy(), np.random.default_rng(seed),
+        size=augment.size, **reference_options,
+    )  # fmt: skip
+    return ours, reference
+
+
+def test_one_warp_augmentation_matches_the_step_by_step_pipeline(shared_dir):
+    """For the same draws, the geometry-first pipeline gives the previous release's
+    boxes and labels, and without colour jitter the same pixels (one bilinear warp
+    against cut, flip and resize). Equal draws give equal crops, so the distributions of
+    crop scale, aspect and kept boxes are equal too."""
+    records = voc_mini(shared_dir)[:12]
+    images = [read_image(record.image_path) for record in records]
+    plain = SSDAugmentation(size=300, photometric_prob=0)
+    jittered = SSDAugmentation(size=300)
+    for index, (image, record) in enumerate(zip(images, records, strict=True)):
+        for repeat in range(8):
+            seed = [index, repeat]
+            (out, boxes, labels), (want, want_boxes, want_labels, _) = _augment_both(
+                plain, {"photometric_prob": 0}, image, record, seed
+            )
+            assert np.array_equal(labels, want_labels)
+            np.testing.assert_allclose(boxes * 300, want_boxes * 300, atol=1.0)
+            difference = np.abs(out.astype(int) - want.astype(int))
+            assert difference.mean() < 0.3 and np.percentile(difference, 99) <= 2
+            (_, boxes, labels), (_, want_boxes, want_labels, _) = _augment_both(
+                jittered, {}, image, record, seed
+            )
+            assert np.array_equal(labels, want_labels)
+            np.testing.assert_allclose(boxes * 300, want_boxes * 300, atol=1.0)
+
+
+def test_8_bit_colour_jitter_matches_the_float_one(shared_dir):
+    augment = SSDAugmentation(size=300, photometric_prob=1.0)
+    for index, record in enumerate(voc_mini(shared_dir)[:10]):
+        image = read_image(record.image_path)
+        for repeat in range(4):
+            draw = augment.draw_photometric(np.random.default_rng([index, repeat]))
+            assert draw.brightness is not None and draw.contrast is not None
+            ours = augment.photometric(image, draw)
+            want = reference_photometric(image, np.random.default_rng([index, repeat]), 1.0)
+            difference = np.abs(ours.astype(int) - want.astype(int))
+            # 8-bit HSV against float HSV: a level or two; a hue step of 1.4 degrees moves
+            # a few strongly coloured pixels by more.
+            assert difference.mean() < 2.5 and np.percentile(difference, 99) <= 5
+            assert difference.max() <= 16
 
 
 def test_sampler_resumes_mid_epoch_in_the_same_order():

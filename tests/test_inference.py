@@ -6,12 +6,13 @@ import pytest
 import torch
 
 import benchmark
+import utils.device
 from data.transforms import EvalTransform
 from engine.inference import InferencePipeline, SpeedOptions
 from models.build import build_model, build_postprocessor
 from tests.conftest import TINY_MODEL, randomise_batchnorm
 from utils.config import load_config
-from utils.device import DeviceError, choose_device
+from utils.device import DeviceError, choose_device, cpu_flags, resolve_precision
 from utils.errors import UserError
 
 CPU = torch.device("cpu")
@@ -86,10 +87,59 @@ def test_compiled_network_gives_the_same_outputs():
 
 
 def test_cuda_only_paths_are_refused_on_the_cpu():
-    with pytest.raises(DeviceError, match="amp=bf16 needs CUDA; the device is cpu"):
-        tiny_pipeline(SpeedOptions(autocast="bf16"))
+    with pytest.raises(DeviceError, match=r"^--amp=fp16 needs CUDA; the device is cpu \(use bf16"):
+        tiny_pipeline(SpeedOptions(autocast="fp16"))
     with pytest.raises(DeviceError, match="CUDA graphs"):
         tiny_pipeline(SpeedOptions(cuda_graphs=True))
+
+
+def test_bf16_autocast_on_the_cpu_stays_close_to_float32():
+    images = photos(2)
+    expected = network_outputs(tiny_pipeline(SpeedOptions()), images)
+    pipeline = tiny_pipeline(SpeedOptions(autocast="bf16", channels_last=True))
+    assert pipeline.runner.autocast_dtype == torch.bfloat16
+    actual = network_outputs(pipeline, images)
+    for got, want in zip(actual, expected, strict=True):
+        assert got.dtype == torch.float32  # the runner hands float32 to post-processing
+        # bf16 keeps 8 bits of mantissa: a few parts in a hundred of the output range.
+        torch.testing.assert_close(got, want, rtol=0, atol=0.05 * float(want.abs().max()))
+
+
+@pytest.mark.parametrize(
+    ("flags", "dtype", "reason"),
+    [
+        ({"avx512f", "avx512_bf16"}, torch.bfloat16, "the CPU has native bf16 (avx512_bf16)"),
+        ({"avx2", "amx_bf16", "amx_tile"}, torch.bfloat16, "the CPU has native bf16 (amx_bf16)"),
+        ({"avx2", "fma"}, None, "the CPU has no native bf16 (none of avx512_bf16, amx_bf16)"),
+        (None, None, "the CPU flags could not be read (no /proc/cpuinfo)"),
+    ],
+)
+def test_auto_precision_follows_the_cpu_flags(monkeypatch, flags, dtype, reason):
+    known = None if flags is None else frozenset(flags)
+    monkeypatch.setattr(utils.device, "cpu_flags", lambda: known)
+    precision = resolve_precision("auto", CPU, origin="train.amp")
+    assert precision.dtype == dtype
+    assert precision.reason == f"train.amp=auto: {reason}"
+    assert precision.name == ("bf16" if dtype else "none")
+    assert resolve_precision("none", CPU).dtype is None
+    forced = resolve_precision("bf16", CPU)
+    assert forced.dtype == torch.bfloat16
+    assert forced.reason.endswith("emulated, slow)") == (dtype is None)
+    with pytest.raises(DeviceError, match=r"^amp=half: expected one of none, auto, bf16, fp16$"):
+        resolve_precision("half", CPU)
+
+
+def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(
+        "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 avx512f avx512_bf16\n\n"
+        "processor\t: 1\nflags\t\t: fpu avx2 avx512f avx512_bf16\n"
+    )
+    assert cpu_flags(cpuinfo) == {"fpu", "avx2", "avx512f", "avx512_bf16"}
+    # ARM kernels call them Features.
+    cpuinfo.write_text("processor\t: 0\nFeatures\t: fp asimd bf16\n")
+    assert cpu_flags(cpuinfo) == {"fp", "asimd", "bf16"}
+    assert cpu_flags(tmp_path / "missing") is None
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without CUDA")

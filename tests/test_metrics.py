@@ -50,6 +50,14 @@ def test_hand_built_cases():
             "difficult": np.array([False, False])}]  # fmt: skip
     assert evaluate_voc(two, half, ["a"], use_07_metric=False)["mAP"] == pytest.approx(0.5)
     assert evaluate_voc(two, half, ["a"], use_07_metric=True)["mAP"] == pytest.approx(6 / 11)
+    # Detections only on images without the class's boxes: all false positives, AP 0.
+    second_image = [truth[0], {"boxes": np.zeros((0, 4)), "labels": np.zeros(0, np.int64),
+                               "difficult": np.zeros(0, bool)}]  # fmt: skip
+    elsewhere = [{"boxes": np.zeros((0, 4)), "scores": np.zeros(0), "labels": np.zeros(0)},
+                 perfect[0]]  # fmt: skip
+    for use_07_metric in (True, False):
+        result = evaluate_voc(second_image, elsewhere, ["a"], use_07_metric=use_07_metric)
+        assert result["mAP"] == 0.0 and result["curves"]["a"].precision.tolist() == [0.0]
     # A class without ground truth gets NaN and stays out of the mean.
     result = evaluate_voc(truth, perfect, ["a", "b"])
     assert np.isnan(result["ap_per_class"]["b"]) and result["mAP"] == pytest.approx(1.0)

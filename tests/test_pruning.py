@@ -270,7 +270,9 @@ def test_prune_then_evaluate_and_fine_tune(tiny_shapes_root, tmp_path, capsys):
     unpruned = float(rows["unpruned"][0])
     for name in ("pruned", "pruned+folded"):
         forward, speedup = float(rows[name][0]), float(rows[name][1].rstrip("x"))
-        assert forward > 0 and speedup == pytest.approx(unpruned / forward, abs=0.006)
+        # Printed to 2 decimals: the speed-up's rounding plus that of both times.
+        rounding = 0.005 + 0.005 * (unpruned / forward) * (1 / forward + 1 / unpruned)
+        assert forward > 0 and speedup == pytest.approx(unpruned / forward, abs=rounding * 1.01)
     shapes = {key: value.shape for key, value in checkpoint["model"].items()}
 
     evaluation = ["--checkpoint", str(pruned), "--no-plots", "--results-dir", str(tmp_path)]

@@ -433,3 +433,48 @@ def test_tiny_run_with_the_box_loss_nms_and_mosaic_options(tiny_shapes_root, tmp
         section, _, rest = option.partition(".")
         key, _, value = rest.partition("=")
         assert getattr(getattr(saved, section), key) == yaml.safe_load(value)
+
+
+BF16_LINE = "precision: bf16 on cpu (train.amp=auto: the CPU has native bf16 (avx512_bf16))"
+FP32_LINE = (
+    "precision: float32 on cpu (train.amp=auto: the CPU has no native bf16 "
+    "(none of avx512_bf16, amx_bf16))"
+)
+
+
+@pytest.mark.parametrize(
+    ("flags", "logged"), [({"avx512f", "avx512_bf16"}, BF16_LINE), ({"avx2", "fma"}, FP32_LINE)]
+)
+def test_amp_auto_trains_in_bf16_where_the_cpu_has_it(
+    tiny_shapes_root, tmp_path, monkeypatch, caplog, flags, logged
+):
+    import utils.device
+
+    monkeypatch.setattr(utils.device, "cpu_flags", lambda: frozenset(flags))
+    seen, evaluated = [], []
+    original = engine.trainer.TrainingParts
+
+    def recording_parts(*args, **kwargs):
+        parts = original(*args, **kwargs)
+        forward = parts.model.forward
+
+        def forward_recording(images):
+            outputs = forward(images)
+            (seen if parts.model.training else evaluated).append(outputs[1].dtype)
+            return outputs
+
+        parts.model.forward = forward_recording
+        return parts
+
+    monkeypatch.setattr(engine.trainer, "TrainingParts", recording_parts)
+    output = tmp_path / "run"
+    caplog.set_level("INFO")
+    overrides = tiny_train_overrides(tiny_shapes_root, output)
+    assert run_train(*overrides, "train.amp=auto", "train.epochs=1") == 0
+    assert logged in caplog.text
+    # The class scores leave the network in the autocast dtype.
+    want = torch.bfloat16 if "avx512_bf16" in flags else torch.float32
+    assert seen and set(seen) == {want}
+    # Evaluation runs in float32 (as test.py does by default), whatever train.amp is.
+    assert evaluated and set(evaluated) == {torch.float32}
+    assert all(math.isfinite(record["loss"]) for record in train_records(output))

@@ -130,7 +130,8 @@ def add_speed_arguments(parser: argparse.ArgumentParser, *, all_paths: bool = Fa
         dest="autocast",
         choices=list(AMP_CHOICES),
         default="none",
-        help="autocast precision (CUDA; post-processing stays float32)",
+        help="autocast precision: auto is bf16 on CUDA and on CPUs with native bf16, else "
+        "float32; fp16 needs CUDA; post-processing stays float32 (default none)",
     )
     parser.add_argument(
         "--cuda-graphs", action="store_true", help="replay the forward as a CUDA graph"

@@ -206,9 +206,13 @@ class TrainConfig:
     batch_size: int = 32
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    # Mixed precision on CUDA: bf16, or fp16 with a GradScaler.
-    amp: Literal["none", "bf16", "fp16"] = "none"
-    channels_last: bool = False
+    # Mixed precision. auto: bf16 on CUDA (fp16 with a gradient scaler on GPUs without
+    # bf16) and on CPUs with native bf16 (AVX512_BF16 or AMX), float32 elsewhere; the
+    # choice and its reason are logged. bf16 also runs on other CPUs, emulated and slow;
+    # fp16 needs CUDA. none: float32.
+    amp: Literal["none", "auto", "bf16", "fp16"] = "auto"
+    # NHWC activations: faster on CUDA (tensor cores) and on CPUs (oneDNN's layout).
+    channels_last: bool = True
     sync_bn: bool = False
     # Evaluate (VOC07 mAP on the val sets) every N epochs and at the end; 0 = only at
     # the end. The best score keeps best.pt.

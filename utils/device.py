@@ -4,6 +4,8 @@ Importing it does not load torch (``test.py --eval-only`` never does)."""
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from utils.errors import UserError
@@ -12,8 +14,9 @@ if TYPE_CHECKING:
     import torch
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
-# What ``train.amp`` and ``--amp`` name: float32, or autocast to bfloat16 / float16.
-AMP_CHOICES = ("none", "bf16", "fp16")
+# What ``train.amp`` and ``--amp`` name: float32, the machine's fastest precision
+# (:func:`resolve_precision`), or autocast to bfloat16 / float16.
+AMP_CHOICES = ("none", "auto", "bf16", "fp16")
 
 
 class DeviceError(UserError, RuntimeError):
@@ -35,23 +38,90 @@ def choose_device(preference: str, *, local_rank: int = 0, origin: str = "device
     return torch.device("cpu")
 
 
-def amp_dtype(amp: str) -> torch.dtype | None:
-    """The autocast dtype ``amp`` (one of :data:`AMP_CHOICES`) names; None for float32."""
-    import torch
+# CPU flags (as /proc/cpuinfo names them) that mean native bfloat16 arithmetic: AVX-512
+# BF16 dot products, or Intel AMX tiles. Without them bf16 is emulated and slower than
+# float32.
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+CPUINFO = Path("/proc/cpuinfo")
 
-    return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+def cpu_flags(cpuinfo: Path = CPUINFO) -> frozenset[str] | None:
+    """The CPU's feature flags from ``cpuinfo`` (Linux); None where it cannot be read."""
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return None
 
 
-def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """:func:`amp_dtype` on ``device``.
+@dataclass(frozen=True)
+class Precision:
+    """The autocast dtype a run uses (None: float32) and why it was chosen."""
+
+    dtype: torch.dtype | None
+    reason: str
+
+    @property
+    def name(self) -> str:
+        """``none``, ``bf16`` or ``fp16``, as the config and the flags name it."""
+        names = {"torch.bfloat16": "bf16", "torch.float16": "fp16"}
+        return "none" if self.dtype is None else names[str(self.dtype)]
+
+
+def native_cpu_bf16(flags: frozenset[str] | None) -> tuple[bool, str]:
+    """Whether ``flags`` (:func:`cpu_flags`) include native bf16, and the reason."""
+    if flags is None:
+        return False, "the CPU flags could not be read (no /proc/cpuinfo)"
+    found = [flag for flag in NATIVE_BF16_FLAGS if flag in flags]
+    if found:
+        return True, f"the CPU has native bf16 ({', '.join(found)})"
+    return False, f"the CPU has no native bf16 (none of {', '.join(NATIVE_BF16_FLAGS)})"
+
+
+def resolve_precision(
+    amp: str,
+    device: torch.device,
+    *,
+    origin: str = "amp",
+) -> Precision:
+    """The autocast precision ``amp`` (one of :data:`AMP_CHOICES`) means on ``device``.
+
+    ``auto``: bf16 on CUDA (fp16 with a gradient scaler on GPUs without bf16); on the CPU
+    bf16 where the CPU has it natively (:data:`NATIVE_BF16_FLAGS`), else float32. ``bf16``
+    runs anywhere (on a CPU without native bf16 it is emulated and slow); ``fp16`` needs
+    CUDA. The CPU's bf16 support comes from :func:`cpu_flags`.
 
     Raises:
-        DeviceError: ``amp`` asks for autocast on a device other than CUDA.
+        DeviceError: an unknown choice, or fp16 on a device other than CUDA; the message
+        names ``origin`` (the key or flag).
     """
-    dtype = amp_dtype(amp)
-    if dtype is not None and device.type != "cuda":
-        raise DeviceError(f"amp={amp} needs CUDA; the device is {device}")
-    return dtype
+    import torch
+
+    if amp not in AMP_CHOICES:
+        raise DeviceError(f"{origin}={amp}: expected one of {', '.join(AMP_CHOICES)}")
+    if amp == "none":
+        return Precision(None, f"{origin}=none")
+    if device.type == "cuda":
+        if amp == "auto":
+            if torch.cuda.is_bf16_supported():
+                return Precision(torch.bfloat16, f"{origin}=auto on CUDA")
+            return Precision(torch.float16, f"{origin}=auto on a GPU without bf16")
+        dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+        return Precision(dtype, f"{origin}={amp}")
+    if amp == "fp16":
+        raise DeviceError(
+            f"{origin}=fp16 needs CUDA; the device is {device} (use bf16 or auto on the CPU)"
+        )
+    native, why = native_cpu_bf16(cpu_flags())
+    if amp == "auto":
+        return Precision(torch.bfloat16 if native else None, f"{origin}=auto: {why}")
+    return Precision(
+        torch.bfloat16, f"{origin}=bf16" + ("" if native else f" ({why}: emulated, slow)")
+    )
 
 
 def autocast_context(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager:

@@ -114,7 +114,9 @@ def evaluate_class(
     best_pair = np.full(num_dets, np.iinfo(np.int64).max)
     np.minimum.at(best_pair, pair_det[is_best], np.flatnonzero(is_best))
     has_match = best_iou > iou_threshold
-    best_gt = np.where(has_match, pair_gt[np.minimum(best_pair, max(pair_gt.size - 1, 0))], -1)
+    # No pairs at all (no detection on an image with this class's boxes): nothing matches.
+    best_gt = np.full(num_dets, -1)
+    best_gt[has_match] = pair_gt[best_pair[has_match]]
 
     difficult = np.zeros(num_dets, dtype=bool)
     difficult[has_match] = gt_difficult[best_gt[has_match]]

@@ -35,7 +35,6 @@ import copy
 import dataclasses
 import json
 import logging
-import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -57,6 +56,8 @@ from engine.inference import (
     speed_options,
 )
 from engine.loading import build_model_to_run
+from engine.machine import measure_limits
+from engine.throughput import TRAINING_FLOPS_PER_FORWARD, measure_training
 from models.build import count_flops
 from utils.cli import (
     add_backend_arguments,
@@ -138,6 +139,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="OVERRIDES",
         help="time another variant of our model too: the config with these overrides "
         "(';'-separated), e.g. --also model.widths_file=configs/widths/X.yaml; repeatable",
+    )
+    parser.add_argument(
+        "--train",
+        action="store_true",
+        help="time training instead: the training step on --repeats batches from the "
+        "config's loader (train.batch_size, train.amp, train.channels_last as configured), "
+        "the loader on its own, and the step's share of the machine's limit",
+    )
+    parser.add_argument(
+        "--feed-rate",
+        type=float,
+        default=None,
+        metavar="IMAGES_PER_S",
+        help="with --train: also say how many loader workers (cores) a step of this rate "
+        "needs, e.g. a GPU's",
     )
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     return parser.parse_intermixed_args(argv)
@@ -351,31 +367,9 @@ def print_table(results: dict[str, Any]) -> None:
             f"  {name}: {model['gflops']:.2f} GFLOPs at {model['input_size']} px, "
             f"{model['num_classes']} classes, speed paths: {', '.join(given) or 'none'}"
         )
-    print(
-        f"fp32 matmul 2048x2048 on this device: {results['matmul_fp32_gflops']:.1f} GFLOP/s "
-        f"({results['device']}, {results['threads']} threads"
-        + (f", {results['cpu_flags']}" if results["cpu_flags"] else "")
-        + ")"
-    )
+    print(results["limits"]["described"])
     for line in results.get("ratios", []):
         print(line)
-
-
-def matmul_gflops(device: torch.device, size: int = 2048, repeats: int = 5) -> float:
-    """Achieved GFLOP/s of a ``size`` x ``size`` float32 matrix product (median of
-    ``repeats``): the machine's practical fp32 limit, measured in the same run."""
-    generator = torch.Generator().manual_seed(0)
-    left = torch.randn(size, size, generator=generator).to(device)
-    right = torch.randn(size, size, generator=generator).to(device)
-    times = []
-    for index in range(repeats + 2):
-        synchronize(device)
-        start = time.perf_counter()
-        torch.mm(left, right)
-        synchronize(device)
-        if index >= 2:  # two untimed calls first
-            times.append(time.perf_counter() - start)
-    return 2 * size**3 / statistics.median(times) / 1e9
 
 
 def build_runners(
@@ -435,16 +429,17 @@ def main(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)  # random weights decide how much post-processing does
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    if args.train:
+        return benchmark_training(args, device)
     runners, config, pipeline = build_runners(args, device)
     images = load_images(args.images, args.input_size, args.batch_size, args.seed)
     models = {runner.name: describe(runner) for runner in runners}
 
+    limits = measure_limits(device)
     results: dict[str, Any] = {
-        "device": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else platform.processor() or "cpu",
-        "cpu_flags": cpu_flags(),
-        "threads": torch.get_num_threads(),
+        "device": limits.device,
+        "cpu_flags": limits.flags,
+        "threads": limits.threads,
         "torch": torch.__version__,
         "options": vars(pipeline.options),
         "image_size": config.model.image_size,
@@ -455,7 +450,7 @@ def main(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size,
         "repeats": args.repeats,
         "seed": args.seed,
-        "matmul_fp32_gflops": matmul_gflops(device),
+        "limits": {**dataclasses.asdict(limits), "described": limits.describe()},
     }
     results["batch_1"] = measure(runners, images[:1], warmup=args.warmup, repeats=args.repeats)
     results["batch_n"] = measure(runners, images, warmup=args.warmup, repeats=args.repeats)
@@ -465,6 +460,47 @@ def main(args: argparse.Namespace) -> int:
     results["ratios"] = ratio_lines(results, [runner.name for runner in runners])
     print_table(results)
     if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2), encoding="utf-8")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def benchmark_training(args: argparse.Namespace, device: torch.device) -> int:
+    """``--train``: the training step, the loader and the machine's limit, in one run."""
+    config, _ = build_model_to_run(args.config, args.overrides, args.checkpoint)
+    measured = measure_training(config, device=device, batches=args.repeats)
+    limits = measure_limits(device)
+    layout = "NHWC" if measured.channels_last else "NCHW"
+    share = measured.step_gflops_per_second / limits.limit_gflops
+    lines = [
+        f"training step ({config.model.architecture} {config.model.backbone}, "
+        f"{config.model.image_size} px, batch {measured.batch_size}, {measured.precision}, "
+        f"{layout}; {args.repeats} batches after 1 untimed): "
+        f"{measured.step_images_per_second:.1f} images/s, "
+        f"{measured.step_gflops_per_second:.1f} GFLOP/s "
+        f"({TRAINING_FLOPS_PER_FORWARD} x {measured.forward_gflops:.3f} forward GFLOPs per "
+        f"image) = {share:.0%} of the limit",
+        f"data loading (data.num_workers={measured.loader_workers}, {args.repeats} batches "
+        f"after the first): {measured.loader_images_per_second:.1f} images/s, "
+        f"{measured.per_worker:.1f} per worker; the step above needs "
+        f"{measured.step_images_per_second / measured.per_worker:.2f} workers' output",
+    ]
+    if args.feed_rate:
+        lines.append(
+            f"a step of {args.feed_rate:g} images/s needs "
+            f"{args.feed_rate / measured.per_worker:.2f} workers' output: "
+            f"data.num_workers={measured.workers_for(args.feed_rate)} (a core each)"
+        )
+    lines.append(limits.describe())
+    print("\n".join(lines))
+    if args.json is not None:
+        results = {
+            "training": dataclasses.asdict(measured),
+            "limit_share": share,
+            "limits": dataclasses.asdict(limits),
+            "torch": torch.__version__,
+        }
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2), encoding="utf-8")
         print(f"wrote {args.json}")
@@ -489,16 +525,6 @@ def ratio_lines(results: dict[str, Any], names: list[str]) -> list[str]:
                 )
                 lines.append(f"{key.replace('_', ' ')}: {name} / {reference}: {parts}")
     return lines
-
-
-def cpu_flags() -> str:
-    """The CPU's vector extensions that matter for these kernels (from /proc/cpuinfo)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split("flags", 1)[1].split("\n", 1)[0].split()
-    except (OSError, IndexError):
-        return ""
-    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_tile")
-    return " ".join(flag for flag in wanted if flag in flags)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,7 +15,9 @@ from data.dataset import DetectionDataset, Transform
 from data.records import AnnotationRecord
 from data.sources import DataError, read_records
 from data.transforms import EvalTransform, SSDAugmentation
+from layers.matching import pad_targets
 from utils.config import Config
+from utils.device import available_cores
 
 
 def build_transform(config: Config, train: bool) -> Transform:
@@ -95,17 +98,32 @@ def collate(batch: list[dict[str, Any] | None]) -> dict[str, Any]:
     items = [item for item in batch if item is not None]
     if not items:
         return {"images": torch.zeros(0, 3, 1, 1, dtype=torch.uint8), "boxes": [], "labels": [],
-                "indices": [], "image_ids": [], "orig_sizes": []}  # fmt: skip
+                "targets": pad_targets([], []), "indices": [], "image_ids": [],
+                "orig_sizes": []}  # fmt: skip
     return {
         "images": torch.stack([item["image"].permute(1, 2, 0) for item in items]).permute(
             0, 3, 1, 2
         ),
         "boxes": [item["boxes"] for item in items],
         "labels": [item["labels"] for item in items],
+        # The same, padded (layers.matching.pad_targets): one copy to the device a batch.
+        "targets": pad_targets(
+            [item["boxes"] for item in items], [item["labels"] for item in items]
+        ),
         "indices": [item["index"] for item in items],
         "image_ids": [item["image_id"] for item in items],
         "orig_sizes": [item["orig_size"] for item in items],
     }
+
+
+def resolve_num_workers(setting: int | str) -> int:
+    """``data.num_workers``: a number as it is; ``auto``: the cores available to this
+    process, shared by the training processes on this machine (torchrun's
+    ``LOCAL_WORLD_SIZE``), less one for the training process itself; at least 1."""
+    if setting != "auto":
+        return int(setting)
+    processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, available_cores() // processes - 1)
 
 
 def _prepare_for_workers(num_workers: int) -> None:
@@ -139,17 +157,18 @@ def build_train_loader(
             f"{len(dataset)} training images give {sampler.num_samples} per process, fewer "
             f"than one batch of {per_rank}"
         )
-    _prepare_for_workers(config.data.num_workers)
+    workers = resolve_num_workers(config.data.num_workers)
+    _prepare_for_workers(workers)
     # Workers persist across epochs: the epoch travels in each sample key.
     loader = DataLoader(
         dataset,
         batch_size=per_rank,
         sampler=sampler,
-        num_workers=config.data.num_workers,
+        num_workers=workers,
         collate_fn=collate,
         drop_last=True,
         pin_memory=torch.cuda.is_available(),
-        persistent_workers=config.data.num_workers > 0,
+        persistent_workers=workers > 0,
     )
     return loader, sampler
 
@@ -160,13 +179,14 @@ def iterations_per_epoch(dataset_size: int, batch_size: int, num_replicas: int =
 
 
 def build_eval_loader(dataset: DetectionDataset, config: Config) -> DataLoader:
-    _prepare_for_workers(config.data.num_workers)
+    workers = resolve_num_workers(config.data.num_workers)
+    _prepare_for_workers(workers)
     return DataLoader(
         dataset,
         batch_size=config.eval.batch_size,
         shuffle=False,
-        num_workers=config.data.num_workers,
+        num_workers=workers,
         collate_fn=collate,
         pin_memory=torch.cuda.is_available(),
-        persistent_workers=config.data.num_workers > 0,
+        persistent_workers=workers > 0,
     )

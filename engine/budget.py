@@ -10,15 +10,7 @@ a fraction of the run, and the cosine spans whatever length fits.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
-
-import torch
-
-from models.build import build_loss, build_model
-from utils.config import Config
-from utils.device import autocast_context, resolve_precision
-from utils.optim import build_optimizer
 
 # Iterations timed before the first fit (the loader's start-up counts in them, so the
 # first estimate errs on the short side).
@@ -122,41 +114,3 @@ class LoopTiming:
     def add_evaluation(self, seconds: float) -> None:
         self.evaluations += 1
         self.eval_seconds += seconds
-
-
-def training_images_per_second(
-    config: Config, *, batch_size: int = 4, iterations: int = 3, device: str = "cpu"
-) -> float:
-    """Training images/s of the config's network on this machine at its input size:
-    forward, multibox loss, backward and an optimiser step on random images (one box
-    each), timed over ``iterations`` after one untimed, in the precision and memory format
-    the run uses (``train.amp``, ``train.channels_last``). Data loading is not counted
-    (loader workers run beside the step)."""
-
-    torch_device = torch.device(device)
-    dtype = resolve_precision(config.train.amp, torch_device, origin="train.amp").dtype
-    memory_format = torch.channels_last if config.train.channels_last else torch.contiguous_format
-    model = build_model(config, load_weights=False).to(torch_device).train()
-    model = model.to(memory_format=memory_format)
-    loss_fn = build_loss(config, model.priors_cxcywh).to(torch_device)
-    optimizer = build_optimizer(model, config.solver)
-    generator = torch.Generator().manual_seed(0)
-    size = config.model.image_size
-    images = torch.randint(0, 256, (batch_size, 3, size, size), generator=generator)
-    images = images.to(torch.uint8).to(torch_device).contiguous(memory_format=memory_format)
-    boxes = [torch.tensor([[0.25, 0.25, 0.75, 0.75]], device=torch_device)] * batch_size
-    labels = [torch.tensor([1], device=torch_device)] * batch_size
-    seconds = 0.0
-    for step in range(iterations + 1):
-        start = time.perf_counter()
-        with autocast_context(torch_device, dtype):
-            loc, conf = model(images)
-        loss = loss_fn(loc, conf, boxes, labels)["loss"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if torch_device.type == "cuda":
-            torch.cuda.synchronize(torch_device)
-        if step:
-            seconds += time.perf_counter() - start
-    return batch_size * iterations / seconds

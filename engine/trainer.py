@@ -33,6 +33,7 @@ from engine.training import (
     TrainingParts,
     TrainState,
     bn_scales,
+    loader_advice,
     train_one_epoch,
 )
 from models.build import (
@@ -84,6 +85,8 @@ class TrainingRun:
         init: Path | None = None,
     ) -> None:
         self.start_time = time.perf_counter()
+        self.data_wait_checked = False
+        self.last_save = self.start_time
         self.config = config
         self.context = context
         self.device = choose_device(
@@ -116,7 +119,15 @@ class TrainingRun:
         self.train_model: nn.Module = self.model
         if context.is_distributed:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
-            self.train_model = DistributedDataParallel(self.model, device_ids=device_ids)
+            # No buffer broadcast before every forward (each rank's BatchNorm statistics
+            # follow its own batches; rank 0's are saved, train.sync_bn shares them), and
+            # gradients bucketed in place (no copy per step).
+            self.train_model = DistributedDataParallel(
+                self.model,
+                device_ids=device_ids,
+                broadcast_buffers=False,
+                gradient_as_bucket_view=True,
+            )
         # A resumed run continues the metrics from its checkpoint's iteration: what was
         # logged after it (before a crash) is dropped, so that no iteration appears twice.
         self.writer = MetricsWriter(
@@ -272,6 +283,7 @@ class TrainingRun:
             )
             save_checkpoint(state, path)
         barrier(self.context)
+        self.last_save = time.perf_counter()
         return path
 
     def epoch_options(self, stop_at_iteration: int | None) -> EpochOptions:
@@ -291,9 +303,16 @@ class TrainingRun:
 
     def log_throughput(self, epoch: int, result: EpochResult) -> None:
         """Training images/s of the epoch (this rank, data loading included) and the
-        GFLOP/s that means: a training step costs about 3x the forward's FLOPs."""
+        GFLOP/s that means: a training step costs about 3x the forward's FLOPs. After the
+        first epoch of the run, a warning when the step waited for data too long
+        (:func:`engine.training.loader_advice`)."""
         if result.seconds <= 0 or not self.context.is_main:
             return
+        if not self.data_wait_checked:
+            self.data_wait_checked = True
+            advice = loader_advice(result, self.train_loader.num_workers)
+            if advice:
+                logger.warning("epoch %d: %s", epoch + 1, advice)
         images_per_second = result.images / result.seconds
         gflops_per_second = 3 * self.forward_gflops * images_per_second
         logger.info(
@@ -308,7 +327,11 @@ class TrainingRun:
             "throughput",
             self.state.iteration,
             epoch,
-            {"images_per_second": images_per_second, "gflops_per_second": gflops_per_second},
+            {
+                "images_per_second": images_per_second,
+                "gflops_per_second": gflops_per_second,
+                "data_wait_share": result.data_seconds / result.seconds,
+            },
         )
 
     def evaluate(self, epoch: int) -> dict[str, Any] | None:
@@ -419,7 +442,7 @@ class TrainingRun:
         timing = LoopTiming()
         final: dict[str, Any] | None = None
         last_eval_iteration = -1
-        epoch_images, epoch_seconds = 0, 0.0
+        epoch_total = EpochResult()
         # Training time since the last fit, checkpoints included, evaluations not.
         since, since_iteration = time.perf_counter(), state.iteration
         try:
@@ -443,6 +466,7 @@ class TrainingRun:
                         )
                     )
                 next_stop = min(point for point in stops if point > state.iteration)
+                minutes = config.train.checkpoint_minutes
                 result = train_one_epoch(
                     parts,
                     self.train_loader,
@@ -451,22 +475,30 @@ class TrainingRun:
                     context=self.context,
                     writer=self.writer,
                     stop=stop,
-                    options=dataclasses.replace(options, stop_at_iteration=next_stop),
+                    options=dataclasses.replace(
+                        options,
+                        stop_at_iteration=next_stop,
+                        checkpoint_due_at=self.last_save + 60 * minutes if minutes else None,
+                    ),
                 )
-                epoch_images += result.images
-                epoch_seconds += result.seconds
+                epoch_total.images += result.images
+                epoch_total.seconds += result.seconds
+                epoch_total.data_seconds += result.data_seconds
                 asked = stop_at_iteration is not None and state.iteration >= stop_at_iteration
-                if result.stop_reason not in (None, "stop_at"):
+                if result.stop_reason == "checkpoint":
+                    self.save("last.pt")
+                    logger.info(
+                        "saved last.pt at iteration %d (%s)", state.iteration, result.message
+                    )
+                elif result.stop_reason not in (None, "stop_at"):
                     return self._stopped(result)
                 if asked:
                     message = f"stopped at iteration {state.iteration} as asked"
                     return self._stopped(EpochResult(stop_reason="stop_at", message=message))
                 epochs_done = state.iteration // self.per_epoch
                 if state.iteration == epoch_end:
-                    self.log_throughput(
-                        epoch, EpochResult(images=epoch_images, seconds=epoch_seconds)
-                    )
-                    epoch_images, epoch_seconds = 0, 0.0
+                    self.log_throughput(epoch, epoch_total)
+                    epoch_total = EpochResult()
                     if config.train.sparsity > 0:
                         self.writer.histogram(
                             "bn_scales", bn_scales(self.sparse_norms), state.iteration

@@ -14,8 +14,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from utils.device import autocast_context
-from utils.distributed import DistributedContext, all_reduce_mean, broadcast_flag
+from utils.device import autocast_context, available_cores
+from utils.distributed import DistributedContext, all_reduce_sum
 from utils.log import MetricsWriter, progress_bar
 
 logger = logging.getLogger(__name__)
@@ -47,12 +47,16 @@ class StopRequest:
 @dataclass
 class EpochResult:
     """How an epoch ended: ``stop_reason`` is None when it ran to the end, else
-    ``signal``, ``stop_at`` or ``nonfinite`` with ``message`` saying why."""
+    ``signal``, ``stop_at``, ``checkpoint`` (one is due; the run goes on after it) or
+    ``nonfinite``, with ``message`` saying why."""
 
     stop_reason: str | None = None
     message: str = ""
     images: int = 0  # trained on in this call (this rank)
     seconds: float = 0.0  # wall clock of this call, data loading included
+    # Of which the loop waited for batches after the first (the first waits for the
+    # workers to start).
+    data_seconds: float = 0.0
 
 
 @dataclass
@@ -86,25 +90,59 @@ class EpochOptions:
     seed: int = 0
     log_interval: int = 20
     stop_at_iteration: int | None = None
+    # A time.perf_counter() after which the call returns at the next logged iteration
+    # with stop_reason "checkpoint" (train.checkpoint_minutes); None: never.
+    checkpoint_due_at: float | None = None
+    # A time.perf_counter() after which the call returns at the next logged iteration
+    # with stop_reason "checkpoint" (train.checkpoint_minutes); None: never.
+    checkpoint_due_at: float | None = None
+
+
+# An epoch that waits for batches longer than this share of its time is short of loader
+# workers: the first epoch then logs how many would keep up.
+MAX_DATA_WAIT = 0.10
+
+
+def loader_advice(result: EpochResult, workers: int) -> str | None:
+    """How many loader workers would keep the step fed, when ``result`` (an epoch with
+    ``workers`` workers) waited for data more than :data:`MAX_DATA_WAIT` of its time;
+    None otherwise. A waiting step means the loader delivered all it could: its rate,
+    split over the workers (over the main process without workers), against the rate of
+    the step on its own."""
+    if result.images == 0 or result.seconds <= 0:
+        return None
+    share = result.data_seconds / result.seconds
+    if share <= MAX_DATA_WAIT:
+        return None
+    step_rate = result.images / max(result.seconds - result.data_seconds, 1e-9)
+    if workers > 0:
+        per_worker = result.images / result.seconds / workers
+    else:
+        per_worker = result.images / result.data_seconds
+    needed = math.ceil(step_rate / per_worker)
+    return (
+        f"the step waited for data {share:.0%} of the epoch with data.num_workers={workers}: "
+        f"a worker prepares about {per_worker:.0f} images/s and the step takes "
+        f"{step_rate:.0f} images/s, so about {needed} worker{'s' * (needed != 1)} would keep up "
+        f"({available_cores()} CPU cores available to this process)"
+    )
 
 
 def mixup_batch(
     images: Tensor,
-    boxes: list[Tensor],
-    labels: list[Tensor],
+    boxes: Tensor,
+    labels: Tensor,
     rng: np.random.Generator,
     alpha: float,
-) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+) -> tuple[Tensor, Tensor, Tensor]:
     """Blend each image with another of the batch (weight ~ Beta(alpha, alpha)) and give
-    it the boxes of both."""
+    it the boxes of both: padded targets ``[B, G, 4]``, ``[B, G]`` become ``[B, 2G, 4]``,
+    ``[B, 2G]``, its own boxes first."""
     batch_size = images.shape[0]
     weight = float(rng.beta(alpha, alpha))
     partner = torch.from_numpy(rng.permutation(batch_size)).to(images.device)
     mixed = images.float() * weight + images[partner].float() * (1 - weight)
-    partner_list = partner.tolist()
-    mixed_boxes = [torch.cat([boxes[i], boxes[j]]) for i, j in enumerate(partner_list)]
-    mixed_labels = [torch.cat([labels[i], labels[j]]) for i, j in enumerate(partner_list)]
-    return mixed, mixed_boxes, mixed_labels
+    return mixed, torch.cat([boxes, boxes[partner]], 1), torch.cat([labels, labels[partner]], 1)
 
 
 def add_bn_sparsity_gradient(norms: Sequence[nn.BatchNorm2d], strength: float) -> None:
@@ -134,21 +172,84 @@ def train_one_epoch(
     """Train over the loader's batches (the rest of the epoch, when resuming).
 
     Each iteration: forward (under autocast when ``options.autocast_dtype``), multibox loss,
-    a check that the loss is finite, backward through the scaler, the sparsity
-    subgradient, gradient clipping, the optimiser and scheduler steps. Losses and the
-    LR go to the writer every ``options.log_interval`` iterations and to the progress bar.
+    backward through the scaler, the sparsity subgradient, gradient clipping, the
+    optimiser and scheduler steps.
+
+    Nothing is read back from the device between logged iterations, so a GPU never
+    waits for the host. Every ``options.log_interval`` iterations, and at the last
+    iteration of the call, one read (after one all-reduce when distributed) brings the
+    mean losses, the count of non-finite losses since the previous read and the ranks'
+    stop requests; the losses and the LR go to the writer and the progress bar. A
+    non-finite loss found at a logged iteration stops the run before that iteration's
+    update; one that an unlogged iteration met is reported with its iteration (the
+    model in memory then holds bad updates; the last checkpoint is older and good).
+    Without a process group a stop request ends the call after the iteration it arrives
+    in; with one, at the next logged iteration, where all ranks agree.
     """
     model, device, optimizer, scaler = parts.model, parts.device, parts.optimizer, parts.scaler
     model.train()
     start = time.perf_counter()
     images_seen = 0
     progress = progress_bar(loader, desc=f"epoch {epoch + 1}", disable=not context.is_main)
+    data_seconds, waiting_since = 0.0, None
+    # On the device: non-finite losses since the last read, and the first one's iteration.
+    bad_losses = torch.zeros((), device=device)
+    first_bad = torch.full((), -1.0, device=device)
+    unread: dict[str, Tensor] | None = None  # the last iteration's losses, if not read
+
+    def result(stop_reason: str | None = None, message: str = "") -> EpochResult:
+        return EpochResult(
+            stop_reason=stop_reason,
+            message=message,
+            images=images_seen,
+            seconds=time.perf_counter() - start,
+            data_seconds=data_seconds,
+        )
+
+    def read(losses: dict[str, Tensor]) -> tuple[dict[str, float], str | None, str | None]:
+        """The one host read: mean losses, what the ranks voted for (``signal`` when one
+        asked to stop, ``checkpoint`` when one's checkpoint is due, else None) and the
+        message of a non-finite loss (None when all were finite)."""
+        deadline = options.checkpoint_due_at
+        due = deadline is not None and time.perf_counter() >= deadline
+        votes = torch.tensor([float(stop.requested), float(due)], device=device)
+        losses_now = torch.stack([value.detach().float() for value in losses.values()])
+        shared = all_reduce_sum(torch.cat([losses_now, bad_losses[None], votes]), context)
+        numbers = torch.cat([shared, first_bad[None]]).tolist()
+        values = {
+            key: number / context.world_size for key, number in zip(losses, numbers, strict=False)
+        }
+        bad, stop_votes, due_votes, first = numbers[len(losses) :]
+        vote = "signal" if stop_votes > 0 else "checkpoint" if due_votes > 0 else None
+        if not bad:
+            return values, vote, None
+        first = int(first)
+        where = f"iteration {first} (epoch {epoch + 1})" if first > 0 else "another rank"
+        if first == state.iteration + 1:
+            message = (
+                f"loss is {values['loss']} at {where}; stopped before the update, so the "
+                "model is unchanged. Lower solver.lr or set solver.grad_clip_norm"
+            )
+        else:
+            message = (
+                f"loss became non-finite at {where}, found at iteration {state.iteration} "
+                "(losses are read every train.log_interval iterations); the model took "
+                "non-finite updates since. Lower solver.lr or set solver.grad_clip_norm"
+            )
+        return values, vote, message
+
+    def log(values: dict[str, float], lr: float) -> None:
+        writer.write("train", state.iteration, epoch, {**values, "lr": lr})
+        progress.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{lr:.2e}", refresh=False)
+
     for batch in progress:
+        if waiting_since is not None:
+            data_seconds += time.perf_counter() - waiting_since
         if batch["images"].shape[0] == 0:
+            waiting_since = time.perf_counter()
             continue
         images = batch["images"].to(device, non_blocking=True)
-        boxes = [item.to(device, non_blocking=True) for item in batch["boxes"]]
-        labels = [item.to(device, non_blocking=True) for item in batch["labels"]]
+        boxes, labels = (item.to(device, non_blocking=True) for item in batch["targets"])
         if options.mixup_prob > 0:
             rng = np.random.default_rng([options.seed, state.iteration, context.rank])
             if rng.random() < options.mixup_prob:
@@ -160,17 +261,15 @@ def train_one_epoch(
             loc, conf = model(images)
         losses = parts.loss_fn(loc, conf, boxes, labels)
         loss = losses["loss"]
-        # One host sync for every logged value and the finiteness check.
-        stacked = torch.stack([value.detach().float() for value in losses.values()])
-        values = dict(zip(losses.keys(), stacked.tolist(), strict=True))
-        nonfinite = not math.isfinite(values["loss"])
-        if broadcast_flag(nonfinite, context, device):
-            message = (
-                f"loss is {values['loss']} at iteration {state.iteration + 1} (epoch {epoch + 1}); "
-                "stopped before the update, so the model is unchanged. Lower solver.lr or set "
-                "solver.grad_clip_norm"
-            )
-            return EpochResult(stop_reason="nonfinite", message=message)
+        nonfinite = ~torch.isfinite(loss.detach())
+        bad_losses += nonfinite
+        first_bad = torch.where(nonfinite & (first_bad < 0), state.iteration + 1, first_bad)
+        logged = (state.iteration + 1) % options.log_interval == 0
+        vote = None
+        if logged:
+            values, vote, bad = read(losses)
+            if bad is not None:
+                return result("nonfinite", bad)
 
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -185,27 +284,30 @@ def train_one_epoch(
         lr = optimizer.param_groups[0]["lr"]
         parts.scheduler.step()
         state.iteration += 1
-
         images_seen += images.shape[0]
-        progress.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{lr:.2e}", refresh=False)
-        if state.iteration % options.log_interval == 0:
-            mean_loss = all_reduce_mean(loss.detach(), context).item()
-            writer.write("train", state.iteration, epoch, {**values, "loss": mean_loss, "lr": lr})
+        unread = None if logged else losses
+        if logged:
+            log(values, lr)
 
-        if broadcast_flag(stop.requested, context, device):
-            return EpochResult(
-                stop_reason="signal",
-                message=stop.reason or "stop requested",
-                images=images_seen,
-                seconds=time.perf_counter() - start,
-            )
         stop_at = options.stop_at_iteration
-        if stop_at is not None and state.iteration >= stop_at:
-            return EpochResult(
-                stop_reason="stop_at",
-                message=f"stopped at iteration {state.iteration} as asked",
-                images=images_seen,
-                seconds=time.perf_counter() - start,
-            )
+        asked = stop_at is not None and state.iteration >= stop_at
+        local_stop = stop.requested and not context.is_distributed
+        if vote or local_stop or asked:
+            if unread is not None:
+                values, _, bad = read(unread)
+                log(values, lr)
+                if bad is not None:
+                    return result("nonfinite", bad)
+            if vote == "signal" or local_stop:
+                return result("signal", stop.reason or "stop requested")
+            if asked:
+                return result("stop_at", f"stopped at iteration {state.iteration} as asked")
+            return result("checkpoint", "train.checkpoint_minutes passed")
+        waiting_since = time.perf_counter()
     progress.close()
-    return EpochResult(images=images_seen, seconds=time.perf_counter() - start)
+    if unread is not None:
+        values, _, bad = read(unread)
+        log(values, optimizer.param_groups[0]["lr"])
+        if bad is not None:
+            return result("nonfinite", bad)
+    return result()

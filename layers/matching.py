@@ -10,9 +10,21 @@ from torch.nn.utils.rnn import pad_sequence
 from torchvision.ops import box_iou
 
 
+def pad_targets(gt_boxes: Sequence[Tensor], gt_labels: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+    """Per-image targets as one padded pair: boxes ``[B, G, 4]`` and labels ``[B, G]``,
+    ``G`` the largest count, padding with label 0 (background: no object has it)."""
+    if len(gt_boxes) != len(gt_labels):
+        raise ValueError(f"{len(gt_boxes)} box tensors but {len(gt_labels)} label tensors")
+    if not gt_boxes:
+        return torch.zeros(0, 0, 4), torch.zeros(0, 0, dtype=torch.int64)
+    boxes = pad_sequence([item.reshape(-1, 4) for item in gt_boxes], batch_first=True)
+    labels = pad_sequence([item.to(torch.int64) for item in gt_labels], batch_first=True)
+    return boxes, labels
+
+
 def match_priors(
-    gt_boxes: Sequence[Tensor],
-    gt_labels: Sequence[Tensor],
+    gt_boxes: Sequence[Tensor] | Tensor,
+    gt_labels: Sequence[Tensor] | Tensor,
     priors_xyxy: Tensor,
     iou_threshold: float,
 ) -> tuple[Tensor, Tensor]:
@@ -24,11 +36,15 @@ def match_priors(
     boxes share the same best prior, the later one in the image keeps it (the order the
     reference implementation resolves it in).
 
-    The whole batch is matched at once: boxes are padded to the largest count.
+    The whole batch is matched at once, on padded targets (:func:`pad_targets`; the
+    loader's batches carry them, one copy to the device per batch), without reading
+    anything back to the host.
 
     Args:
-        gt_boxes: per image, ``[G, 4]`` normalised xyxy boxes (``G`` may be 0).
-        gt_labels: per image, ``[G]`` labels in 1..C-1 (0 is background).
+        gt_boxes: per image, ``[G, 4]`` normalised xyxy boxes (``G`` may be 0); or
+            padded ``[B, G, 4]``.
+        gt_labels: per image, ``[G]`` labels in 1..C-1 (0 is background); or padded
+            ``[B, G]`` with 0 marking the padding.
         priors_xyxy: ``[P, 4]`` normalised xyxy priors.
         iou_threshold: IoU at or above which a prior is positive.
 
@@ -37,27 +53,17 @@ def match_priors(
             background).
         matched_labels: ``[B, P]`` int64 labels, 0 for background.
     """
-    if len(gt_boxes) != len(gt_labels):
-        raise ValueError(f"{len(gt_boxes)} box tensors but {len(gt_labels)} label tensors")
-    batch_size, num_priors = len(gt_boxes), priors_xyxy.shape[0]
+    if not isinstance(gt_boxes, Tensor):
+        gt_boxes, gt_labels = pad_targets(gt_boxes, gt_labels)
     device = priors_xyxy.device
-    counts = [int(boxes.shape[0]) for boxes in gt_boxes]
-    max_gt = max(counts, default=0)
-    matched_boxes = priors_xyxy.new_zeros(batch_size, num_priors, 4)
-    matched_labels = torch.zeros(batch_size, num_priors, dtype=torch.int64, device=device)
+    padded_boxes = gt_boxes.to(device=device, dtype=priors_xyxy.dtype)
+    padded_labels = gt_labels.to(device=device, dtype=torch.int64)
+    batch_size, max_gt = padded_labels.shape
+    num_priors = priors_xyxy.shape[0]
     if max_gt == 0:
-        return matched_boxes, matched_labels
-
-    # Padded ground truth: [B, G, 4], [B, G], validity mask [B, G].
-    padded_boxes = pad_sequence(
-        [boxes.to(device=device, dtype=priors_xyxy.dtype) for boxes in gt_boxes],
-        batch_first=True,
-    )
-    padded_labels = pad_sequence(
-        [labels.to(device=device, dtype=torch.int64) for labels in gt_labels], batch_first=True
-    )
-    count_tensor = torch.tensor(counts, device=device)
-    valid = torch.arange(max_gt, device=device)[None, :] < count_tensor[:, None]
+        matched_boxes = priors_xyxy.new_zeros(batch_size, num_priors, 4)
+        return matched_boxes, torch.zeros(batch_size, num_priors, dtype=torch.int64, device=device)
+    valid = padded_labels > 0  # [B, G]
 
     iou = box_iou(padded_boxes.reshape(-1, 4), priors_xyxy).reshape(batch_size, max_gt, -1)
     iou = iou.masked_fill(~valid[:, :, None], -1.0)  # [B, G, P]; padding never wins

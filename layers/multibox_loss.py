@@ -198,14 +198,15 @@ class MultiBoxLoss(nn.Module):
         self,
         loc_pred: Tensor,
         conf_logits: Tensor,
-        gt_boxes: Sequence[Tensor],
-        gt_labels: Sequence[Tensor],
+        gt_boxes: Sequence[Tensor] | Tensor,
+        gt_labels: Sequence[Tensor] | Tensor,
     ) -> dict[str, Tensor]:
         """Args:
         loc_pred: ``[B, P, 4]`` predicted offsets.
         conf_logits: ``[B, P, C]`` class logits.
-        gt_boxes: per image ``[G, 4]`` normalised xyxy boxes.
-        gt_labels: per image ``[G]`` labels in 1..C-1.
+        gt_boxes: per image ``[G, 4]`` normalised xyxy boxes, or padded ``[B, G, 4]``
+            (:func:`layers.matching.pad_targets`).
+        gt_labels: per image ``[G]`` labels in 1..C-1, or padded ``[B, G]`` (0: padding).
         """
         num_priors = self.priors_cxcywh.shape[0]
         if loc_pred.shape[1] != num_priors or conf_logits.shape[1] != num_priors:

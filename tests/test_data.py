@@ -11,6 +11,7 @@ from data.transforms import EvalTransform, SSDAugmentation, mosaic
 from data.voc import VOC_CLASSES, discover_class_names, read_voc_format
 from tests.reference_augmentation import photometric as reference_photometric
 from tests.reference_augmentation import reference_augmentation
+from utils.config import ConfigError, load_config
 from utils.pixels import MEAN_FILL_RGB
 
 SHAPES_SETTINGS = {"num_train": 12, "num_val": 4, "image_size": 96, "seed": 3}
@@ -360,3 +361,35 @@ def test_dataset_mosaics_are_reproducible_and_off_by_default(tmp_path):
     boxes = item["boxes"]
     assert ((boxes >= 0) & (boxes <= 1)).all() and (boxes[:, 2:] > boxes[:, :2]).all()
     assert len(item["labels"]) == len(boxes)
+
+
+def test_auto_workers_share_the_cores_between_training_processes(monkeypatch):
+    import data.loader
+
+    monkeypatch.setattr(data.loader, "available_cores", lambda: 16)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert data.loader.resolve_num_workers("auto") == 15
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun, 4 processes on this machine
+    assert data.loader.resolve_num_workers("auto") == 3
+    monkeypatch.setattr(data.loader, "available_cores", lambda: 2)
+    assert data.loader.resolve_num_workers("auto") == 1  # never none
+    assert data.loader.resolve_num_workers(0) == 0 and data.loader.resolve_num_workers(6) == 6
+    config = load_config(None, ["data.num_workers=3"])
+    assert config.data.num_workers == 3 and load_config().data.num_workers == "auto"
+    with pytest.raises(ConfigError, match=r"'data\.num_workers' must be >= 0, got -1"):
+        load_config(None, ["data.num_workers=-1"])
+    with pytest.raises(ConfigError, match=r"data\.num_workers"):
+        load_config(None, ["data.num_workers=many"])
+
+
+def test_collate_keeps_the_decoders_nhwc_memory():
+    images = [np.arange(5 * 5 * 3, dtype=np.uint8).reshape(5, 5, 3) + index for index in range(2)]
+    items = [
+        {"image": torch.from_numpy(image).permute(2, 0, 1), "boxes": torch.zeros(0, 4),
+         "labels": torch.zeros(0), "index": index, "image_id": str(index), "orig_size": (5, 5)}
+        for index, image in enumerate(images)
+    ]  # fmt: skip
+    batch = collate(items)["images"]
+    assert batch.shape == (2, 3, 5, 5)
+    assert batch.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(batch[1, 2], torch.from_numpy(images[1][:, :, 2]))

@@ -9,8 +9,8 @@ import benchmark
 import utils.device
 from data.transforms import EvalTransform
 from engine.inference import InferencePipeline, SpeedOptions
-from models.build import build_model, build_postprocessor
-from tests.conftest import TINY_MODEL, randomise_batchnorm
+from models.build import build_model, build_postprocessor, count_flops
+from tests.conftest import TINY_MODEL, randomise_batchnorm, tiny_train_overrides
 from utils.config import load_config
 from utils.device import DeviceError, choose_device, cpu_flags, resolve_precision
 from utils.errors import UserError
@@ -194,7 +194,8 @@ def test_benchmark_script_against_torchvision(tmp_path, capsys):
     expected = 69.716306944 - (91 - config.model.num_classes) * 2 * 9 * 5_531_136 / 1e9
     assert theirs["input_size"] == 300
     assert theirs["gflops"] == pytest.approx(expected, abs=1e-6)
-    assert results["matmul_fp32_gflops"] > 0
+    limits = results["limits"]
+    assert limits["conv_fp32_gflops"] > 0 and limits["matmul_fp32_gflops"] > 0
     for key, batch in (("batch_1", 1), ("batch_n", 2)):
         assert set(results[key]) == {"ours (fssd)", "torchvision ssd300_vgg16"}
         for name, row in results[key].items():
@@ -204,7 +205,7 @@ def test_benchmark_script_against_torchvision(tmp_path, capsys):
     rows = results["batch_1"]
     ratio = rows["ours (fssd)"]["total_ms"] / rows["torchvision ssd300_vgg16"]["total_ms"]
     assert f"batch 1: ours (fssd) / torchvision ssd300_vgg16: total {ratio:.3f}, " in printed
-    assert "fp32 matmul" in printed
+    assert limits["described"] in printed and "fp32 matmul 2048x2048" in printed
 
 
 @pytest.mark.parametrize("compile_network", [False, True])
@@ -272,3 +273,27 @@ def test_benchmark_times_the_end_to_end_onnx_graph(tmp_path):
             backend="onnxruntime",
             int8=False,
         )
+
+
+def test_training_benchmark_reports_step_loader_and_limit(tiny_shapes_root, tmp_path, capsys):
+    output = tmp_path / "train.json"
+    overrides = [*tiny_train_overrides(tiny_shapes_root, tmp_path / "run"), "train.batch_size=4"]
+    arguments = ["--train", "--repeats", "2", "--feed-rate", "1000", "--json", str(output),
+                 *overrides]  # fmt: skip
+    assert benchmark.main(benchmark.parse_args(arguments)) == 0
+    results = json.loads(output.read_text())
+    training, limits = results["training"], results["limits"]
+    config = load_config(None, overrides)
+    forward_gflops = count_flops(build_model(config), 96) / 1e9
+    assert training["forward_gflops"] == pytest.approx(forward_gflops)
+    assert training["batch_size"] == 4 and training["loader_workers"] == 0
+    assert training["step_gflops_per_second"] == pytest.approx(
+        3 * forward_gflops * training["step_images_per_second"]
+    )
+    share = training["step_gflops_per_second"] / limits["conv_fp32_gflops"]
+    assert results["limit_share"] == pytest.approx(share)
+    printed = capsys.readouterr().out
+    per_worker = training["loader_images_per_second"]  # the main process loads (no workers)
+    assert f"{per_worker:.1f} per worker" in printed
+    assert f"a step of 1000 images/s needs {1000 / per_worker:.2f} workers' output" in printed
+    assert f"= {share:.0%} of the limit" in printed

@@ -14,7 +14,7 @@ from models.build import (
 from models.detector import InputNormalizer
 from models.fssd import FeatureFusion
 from models.weights import convert_fssd_pytorch
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, TINY_MODEL
 from tools.summary import summarize
 from utils.config import load_config
 
@@ -227,3 +227,20 @@ def test_too_small_input_is_reported():
                 ],
             )
         )
+
+
+def test_the_head_runs_in_float32_under_autocast():
+    config = load_config(None, TINY_MODEL)
+    torch.manual_seed(0)
+    model = build_model(config).eval()
+    images = torch.rand(2, 3, 96, 96) * 255
+    with torch.no_grad():
+        expected = model(images)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            maps = model.features(model.normalizer(images))
+            loc, conf = model(images)
+    assert {feature_map.dtype for feature_map in maps} == {torch.bfloat16}
+    assert loc.dtype == conf.dtype == torch.float32
+    # The head on bf16 maps: the outputs are close to float32's, not bit-equal.
+    for got, want in zip((loc, conf), expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0.05 * float(want.abs().max()))

@@ -9,19 +9,24 @@ import time
 import pytest
 import torch
 import yaml
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import engine.trainer
+import engine.training
 import train
 from data.sources import DataError
 from engine.training import (
     EpochOptions,
+    EpochResult,
     StopRequest,
     TrainingParts,
     TrainState,
     add_bn_sparsity_gradient,
+    loader_advice,
     mixup_batch,
     train_one_epoch,
 )
+from layers.matching import pad_targets
 from models.build import build_loss, build_model, count_flops
 from tests.conftest import REPO_ROOT, TINY_MODEL, tiny_train_overrides
 from utils.checkpoint import (
@@ -291,14 +296,17 @@ def test_mixup_blends_images_and_joins_boxes():
     # as partner (with seed 0 the permutation is the identity and proves nothing).
     weight = float(np.random.default_rng(3).beta(1.5, 1.5))
     assert weight == pytest.approx(0.7505, abs=1e-4)
+    padded_boxes, padded_labels = pad_targets(boxes, labels)
     mixed, mixed_boxes, mixed_labels = mixup_batch(
-        images, boxes, labels, np.random.default_rng(3), 1.5
+        images, padded_boxes, padded_labels, np.random.default_rng(3), 1.5
     )
     torch.testing.assert_close(mixed[0], torch.full((3, 2, 2), 100.0 * weight))
     torch.testing.assert_close(mixed[1], torch.full((3, 2, 2), 100.0 * (1 - weight)))
-    assert [item.tolist() for item in mixed_labels] == [[1, 2, 3], [2, 3, 1]]
-    torch.testing.assert_close(mixed_boxes[0], torch.cat([boxes[0], boxes[1]]))
-    torch.testing.assert_close(mixed_boxes[1], torch.cat([boxes[1], boxes[0]]))
+    # Image 0 has one box and a padding slot (label 0), then image 1's two boxes.
+    assert mixed_labels.tolist() == [[1, 0, 2, 3], [2, 3, 1, 0]]
+    real = mixed_labels > 0
+    torch.testing.assert_close(mixed_boxes[0][real[0]], torch.cat([boxes[0], boxes[1]]))
+    torch.testing.assert_close(mixed_boxes[1][real[1]], torch.cat([boxes[1], boxes[0]]))
 
 
 def test_resume_can_extend_the_schedule(tiny_shapes_root, tmp_path):
@@ -322,8 +330,10 @@ def one_step(model, *, options, scaler=None, lr=1.0):
     generator = torch.Generator().manual_seed(0)
     batch = {
         "images": torch.rand(2, 3, 96, 96, generator=generator) * 255,
-        "boxes": [torch.tensor([[0.1, 0.2, 0.5, 0.7]]), torch.tensor([[0.3, 0.3, 0.9, 0.8]])],
-        "labels": [torch.tensor([1]), torch.tensor([3])],
+        "targets": pad_targets(
+            [torch.tensor([[0.1, 0.2, 0.5, 0.7]]), torch.tensor([[0.3, 0.3, 0.9, 0.8]])],
+            [torch.tensor([1]), torch.tensor([3])],
+        ),
     }
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     parts = TrainingParts(
@@ -456,14 +466,15 @@ def test_amp_auto_trains_in_bf16_where_the_cpu_has_it(
 
     def recording_parts(*args, **kwargs):
         parts = original(*args, **kwargs)
-        forward = parts.model.forward
+        features = parts.model.features
+        forward = features.forward
 
         def forward_recording(images):
-            outputs = forward(images)
-            (seen if parts.model.training else evaluated).append(outputs[1].dtype)
-            return outputs
+            maps = forward(images)
+            (seen if features.training else evaluated).append(maps[0].dtype)
+            return maps
 
-        parts.model.forward = forward_recording
+        features.forward = forward_recording
         return parts
 
     monkeypatch.setattr(engine.trainer, "TrainingParts", recording_parts)
@@ -472,9 +483,119 @@ def test_amp_auto_trains_in_bf16_where_the_cpu_has_it(
     overrides = tiny_train_overrides(tiny_shapes_root, output)
     assert run_train(*overrides, "train.amp=auto", "train.epochs=1") == 0
     assert logged in caplog.text
-    # The class scores leave the network in the autocast dtype.
+    # The feature maps are computed in the autocast dtype (the head in float32).
     want = torch.bfloat16 if "avx512_bf16" in flags else torch.float32
     assert seen and set(seen) == {want}
     # Evaluation runs in float32 (as test.py does by default), whatever train.amp is.
     assert evaluated and set(evaluated) == {torch.float32}
     assert all(math.isfinite(record["loss"]) for record in train_records(output))
+
+
+def test_loader_advice_counts_the_workers_a_waiting_step_needs(monkeypatch):
+    monkeypatch.setattr(engine.training, "available_cores", lambda: 2)
+    # 160 images in 2 s, 1 s of it waiting: the step alone takes 160 images/s, the one
+    # worker delivered 80 images/s, so 2 would keep up.
+    waiting = EpochResult(images=160, seconds=2.0, data_seconds=1.0)
+    assert loader_advice(waiting, 1) == (
+        "the step waited for data 50% of the epoch with data.num_workers=1: a worker prepares "
+        "about 80 images/s and the step takes 160 images/s, so about 2 workers would keep up "
+        "(2 CPU cores available to this process)"
+    )
+    # Without workers the main process loads: 100 images in 0.5 s is 200 images/s against
+    # a step of 100 / 1.5 = 67 images/s, so one worker would do.
+    main_process = EpochResult(images=100, seconds=2.0, data_seconds=0.5)
+    assert (
+        "prepares about 200 images/s and the step takes 67 images/s, so about 1 worker would"
+        in (loader_advice(main_process, 0))
+    )
+    assert loader_advice(EpochResult(images=100, seconds=2.0, data_seconds=0.2), 1) is None
+
+
+# Operations that read device values to the host (a GPU would wait for its queue).
+HOST_READS = {
+    "aten._local_scalar_dense.default",  # .item(), bool(tensor), int(tensor)
+    "aten.nonzero.default",
+    "aten.masked_select.default",
+    "aten.is_nonzero.default",
+    "aten.equal.default",
+    "aten._unique2.default",
+    "aten.unique_consecutive.default",
+    "aten.repeat_interleave.Tensor",
+}
+
+
+class HostReadCounter(TorchDispatchMode):
+    """Counts :data:`HOST_READS` (boolean-mask indexing counts: it calls nonzero) and
+    ``Tensor.tolist`` calls, which read without dispatching."""
+
+    def __init__(self, monkeypatch):
+        super().__init__()
+        self.reads = []
+        original = torch.Tensor.tolist
+
+        def counted_tolist(tensor):
+            self.reads.append("tolist")
+            return original(tensor)
+
+        monkeypatch.setattr(torch.Tensor, "tolist", counted_tolist)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        masked = str(func).startswith("aten.index.Tensor") and any(
+            index is not None and index.dtype == torch.bool for index in args[1]
+        )
+        if str(func) in HOST_READS or masked:
+            self.reads.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize(("log_interval", "logged"), [(1, 4), (2, 2), (3, 2), (10, 1)])
+def test_the_step_reads_the_device_once_per_logged_iteration(monkeypatch, log_interval, logged):
+    """Over 4 iterations, reads happen only at logged iterations (every log_interval-th
+    and the call's last), one each: the losses, the non-finite count and the stop votes
+    come back together. Matching, hard negative mining, mixup and clipping read nothing.
+    (SGD: Adam's step counters are host tensors, no device reads either.)"""
+    config = load_config(None, TINY_MODEL)
+    torch.manual_seed(0)
+    model = build_model(config, load_weights=False)
+    generator = torch.Generator().manual_seed(0)
+    batches = [
+        {
+            "images": torch.randint(0, 256, (2, 3, 96, 96), generator=generator).to(torch.uint8),
+            "targets": pad_targets(
+                [torch.tensor([[0.1, 0.2, 0.5, 0.7], [0.5, 0.5, 0.6, 0.9]]), torch.zeros(0, 4)],
+                [torch.tensor([1, 2]), torch.zeros(0, dtype=torch.int64)],
+            ),
+        }
+        for _ in range(4)
+    ]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    parts = TrainingParts(
+        model=model,
+        loss_fn=build_loss(config, model.priors_cxcywh),
+        optimizer=optimizer,
+        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0),
+        scaler=torch.amp.GradScaler("cpu", enabled=False),
+        device=torch.device("cpu"),
+    )
+    records = []
+
+    class Recorder(MetricsWriter):
+        def write(self, kind, iteration, epoch, values):
+            records.append(iteration)
+
+    options = EpochOptions(log_interval=log_interval, mixup_prob=1.0, grad_clip_norm=10.0)
+    counter = HostReadCounter(monkeypatch)
+    with counter:
+        result = train_one_epoch(
+            parts,
+            batches,
+            epoch=0,
+            state=TrainState(),
+            context=DistributedContext(),
+            writer=Recorder("unused", enabled=False),
+            stop=StopRequest(),
+            options=options,
+        )
+    assert result.stop_reason is None and result.images == 8
+    assert len(records) == logged
+    assert counter.reads == ["tolist"] * logged

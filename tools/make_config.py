@@ -57,8 +57,8 @@ from data.voc import (
     read_split_ids,
     voc_year_folder,
 )
-from engine.budget import training_images_per_second
 from engine.prior_fitting import PriorFit, fit_config_priors, ssd_rule_priors
+from engine.throughput import training_images_per_second
 from models.build import feature_map_sizes
 from utils.cli import number_in, positive_int, run_command
 from utils.config import POSITIVE, Config, config_to_dict, load_config

@@ -156,7 +156,11 @@ class DataConfig:
     # A bad sample (unreadable image, XML without objects, box outside the image or
     # inverted, unknown class): "skip" reports and leaves it out, "stop" ends the run.
     on_bad_sample: Literal["skip", "stop"] = "skip"
-    num_workers: int = 2
+    # Loader processes per training process; auto: the cores available to this process,
+    # shared by the training processes on this machine, less one for the training process
+    # itself (at least 1). The first epoch logs how many a run needs if the step waits
+    # for data.
+    num_workers: int | Literal["auto"] = "auto"
     # The generated shapes dataset (written to root when missing).
     shapes_train_images: int = 2000
     shapes_val_images: int = 300
@@ -218,6 +222,10 @@ class TrainConfig:
     # the end. The best score keeps best.pt.
     eval_interval: int = 10
     checkpoint_interval: int = 1
+    # Also write last.pt when this many minutes passed since the last one (at the next
+    # logged iteration, mid-epoch too): it bounds the work an interruption loses when
+    # epochs are long. 0 = only every train.checkpoint_interval epochs.
+    checkpoint_minutes: float = 30.0
     log_interval: int = 20
     # Network slimming stage 1: L1 penalty on BatchNorm scales (0 = off).
     sparsity: float = 0.0
@@ -337,6 +345,7 @@ RANGES: dict[str, Range] = {
     "train.batch_size": AT_LEAST_ONE,
     "train.eval_interval": NON_NEGATIVE,
     "train.checkpoint_interval": AT_LEAST_ONE,
+    "train.checkpoint_minutes": NON_NEGATIVE,
     "train.log_interval": AT_LEAST_ONE,
     "train.sparsity": NON_NEGATIVE,
     "train.mixup_prob": PROBABILITY,
@@ -357,7 +366,8 @@ RANGES: dict[str, Range] = {
 
 def _check_range(value: Any, dotted: str, source: str) -> None:
     allowed = RANGES.get(dotted)
-    if allowed is not None and not allowed.contains(value):
+    numeric = isinstance(value, int | float) and not isinstance(value, bool)
+    if allowed is not None and numeric and not allowed.contains(value):
         raise ConfigError(f"{source}: '{dotted}' must be {allowed.describe()}, got {value!r}")
 
 

@@ -3,6 +3,7 @@ Importing it does not load torch (``test.py --eval-only`` never does)."""
 
 from __future__ import annotations
 
+import os
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,14 @@ def choose_device(preference: str, *, local_rank: int = 0, origin: str = "device
     if preference != "cpu" and torch.cuda.is_available():
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the system has
+    one, else all)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 # CPU flags (as /proc/cpuinfo names them) that mean native bfloat16 arithmetic: AVX-512

@@ -44,21 +44,13 @@ def barrier(context: DistributedContext) -> None:
         dist.barrier()
 
 
-def all_reduce_mean(value: torch.Tensor, context: DistributedContext) -> torch.Tensor:
+def all_reduce_sum(value: torch.Tensor, context: DistributedContext) -> torch.Tensor:
+    """``value`` summed over the ranks (a copy; ``value`` itself when not distributed)."""
     if not context.is_distributed:
         return value
     value = value.clone()
     dist.all_reduce(value)
-    return value / context.world_size
-
-
-def broadcast_flag(flag: bool, context: DistributedContext, device: torch.device) -> bool:
-    """True on every rank if it is true on any (a stop request seen by one process)."""
-    if not context.is_distributed:
-        return flag
-    tensor = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return bool(tensor.item() > 0)
+    return value
 
 
 def broadcast_from_main(value: float, context: DistributedContext, device: torch.device) -> float:

@@ -18,7 +18,7 @@ from data.statistics import split_statistics
 from data.voc import VOC_CLASSES, read_voc_format
 from engine.prior_fitting import fit_config_priors, ssd_rule_priors
 from tests.conftest import REPO_ROOT
-from tools import inspect_data, make_config, yolo_dataset
+from tools import augment_benchmark, inspect_data, make_config, yolo_dataset
 from utils.checkpoint import load_checkpoint
 from utils.config import load_config
 
@@ -390,3 +390,23 @@ def test_yolo_dataset_writes_the_boxes_this_project_trains_on(tmp_path):
         assert image.resolve() == record.image_path.resolve()
     content = yaml.safe_load((out / "data.yaml").read_text())
     assert content["names"] == {0: "cat", 1: "dog"} and content["train"] == "images/train"
+
+
+def test_augment_benchmark_times_both_pipelines_and_a_workers_job(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    for index in range(3):
+        image = rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)
+        cv2.imwrite(str(tmp_path / f"photo{index}.jpg"), image)
+    (tmp_path / "notes.txt").write_text("not an image")
+    augment_benchmark.main(
+        augment_benchmark.parse_args(["--images", str(tmp_path), "--size", "64", "--repeats", "1"])
+    )
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "images: 3 x 1 passes, input 64, one thread"
+    rates = {line.rsplit(None, 2)[0].strip(): line.split()[-2] for line in lines[1:4]}
+    assert set(rates) == {
+        "OpenCV/NumPy SSDAugmentation",
+        "with decoding (a worker's job)",
+        "torchvision.transforms.v2",
+    }
+    assert all(float(rate) > 0 for rate in rates.values())

@@ -8,7 +8,7 @@ import torch
 import benchmark
 import utils.device
 from data.transforms import EvalTransform
-from engine.inference import InferencePipeline, SpeedOptions
+from engine.inference import InferencePipeline, SpeedOptions, to_pixels
 from models.build import build_model, build_postprocessor, count_flops
 from tests.conftest import TINY_MODEL, randomise_batchnorm, tiny_train_overrides
 from utils.config import load_config
@@ -297,3 +297,40 @@ def test_training_benchmark_reports_step_loader_and_limit(tiny_shapes_root, tmp_
     assert f"{per_worker:.1f} per worker" in printed
     assert f"a step of 1000 images/s needs {1000 / per_worker:.2f} workers' output" in printed
     assert f"= {share:.0%} of the limit" in printed
+
+
+def test_to_pixels_scales_each_image_and_keeps_empty_ones():
+    detections = [
+        {"boxes": torch.tensor([[0.1, 0.2, 0.5, 1.0], [0.0, 0.0, 1.0, 0.5]]),
+         "scores": torch.tensor([0.9, 0.4]), "labels": torch.tensor([3, 1])},
+        {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0),
+         "labels": torch.zeros(0, dtype=torch.int64)},
+        {"boxes": torch.tensor([[0.25, 0.5, 0.75, 1.0]]), "scores": torch.tensor([0.7]),
+         "labels": torch.tensor([20])},
+    ]  # fmt: skip
+    sizes = [(100, 200), (50, 50), (40, 80)]  # (height, width)
+    pixels = to_pixels(detections, sizes)
+    np.testing.assert_allclose(pixels[0]["boxes"], [[20, 20, 100, 100], [0, 0, 200, 50]])
+    np.testing.assert_allclose(pixels[0]["scores"], [0.9, 0.4])
+    assert pixels[0]["labels"].tolist() == [3, 1] and pixels[0]["labels"].dtype == np.int64
+    assert pixels[1]["boxes"].shape == (0, 4) and pixels[1]["scores"].shape == (0,)
+    np.testing.assert_allclose(pixels[2]["boxes"], [[20, 20, 60, 40]])
+    assert pixels[2]["labels"].tolist() == [20]
+    assert to_pixels([], []) == []
+
+
+def test_interleaved_onnxruntime_runners_do_not_spin():
+    import onnxruntime  # noqa: F401  (requirements-dev.txt: missing fails, not skips)
+
+    runners, _, _ = benchmark.build_runners(
+        benchmark.parse_args(["--compare", "onnxruntime", *TINY_MODEL]), CPU
+    )
+    assert [runner.name for runner in runners] == ["ours (fssd)", "ours (fssd, onnxruntime)"]
+    session_options = runners[1].pipeline.session.get_session_options()
+    assert session_options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert not runners[1].pipeline.spinning
+    # Alone (nothing runs after it) it keeps ONNX Runtime's default.
+    alone, _, _ = benchmark.build_runners(
+        benchmark.parse_args(["--backend", "onnxruntime", *TINY_MODEL]), CPU
+    )
+    assert alone[0].pipeline.spinning

@@ -599,3 +599,27 @@ def test_the_step_reads_the_device_once_per_logged_iteration(monkeypatch, log_in
     assert result.stop_reason is None and result.images == 8
     assert len(records) == logged
     assert counter.reads == ["tolist"] * logged
+
+
+def test_checkpoints_by_time_save_mid_epoch_and_change_nothing(tiny_shapes_root, tmp_path, caplog):
+    config = str(REPO_ROOT / "configs" / "quickstart_shapes.yaml")
+    straight, timed = tmp_path / "straight", tmp_path / "timed"
+    assert run_train("--config", config, *tiny_train_overrides(tiny_shapes_root, straight)) == 0
+    caplog.set_level("INFO")
+    # Due at once: every logged iteration (each one here) writes last.pt, mid-epoch too.
+    overrides = [*tiny_train_overrides(tiny_shapes_root, timed), "train.checkpoint_minutes=1e-9"]
+    assert run_train("--config", config, *overrides) == 0
+    saved = [
+        record.getMessage()
+        for record in caplog.records
+        if "checkpoint_minutes" in record.getMessage()
+    ]
+    # Iterations 1, 3, 5 end mid-epoch (2 per epoch); 2, 4, 6 save at the epoch's end anyway.
+    assert saved == [
+        f"saved last.pt at iteration {i} (train.checkpoint_minutes passed)" for i in (1, 3, 5)
+    ]
+    records_straight = [(r["iteration"], r["loss"]) for r in train_records(straight)]
+    assert [(r["iteration"], r["loss"]) for r in train_records(timed)] == records_straight
+    final = load_checkpoint(timed / "last.pt")["model"]
+    for key, value in load_checkpoint(straight / "last.pt")["model"].items():
+        assert torch.equal(value, final[key]), key

@@ -3,8 +3,9 @@ the same pipeline on ``torchvision.transforms.v2`` (as torchvision's SSD recipe 
 
     python -m tools.augment_benchmark --images ../shared/data/voc_mini/VOC2012/JPEGImages
 
-Both run in this process, one thread, on the same decoded images and boxes; decoding is
-excluded. Prints images/s for each and their ratio.
+Both run in this process, one thread, on the same decoded images and boxes, decoding
+excluded; then ours again with decoding (``data.records.read_image`` and the
+augmentation: a loader worker's whole job). Prints images/s for each and the ratio.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from data.records import read_image
+from data.records import IMAGE_EXTENSIONS, read_image
 from data.transforms import SSDAugmentation
 from utils.cli import run_command
 from utils.pixels import MEAN_FILL_RGB
@@ -50,7 +51,7 @@ def main(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     paths = sorted(
-        path for path in args.images.iterdir() if path.suffix.lower() in (".jpg", ".png")
+        path for path in args.images.iterdir() if path.suffix.lower() in IMAGE_EXTENSIONS
     )
     images = [read_image(path) for path in paths]
     rng = np.random.default_rng(0)
@@ -72,6 +73,12 @@ def main(args: argparse.Namespace) -> None:
             ours(image, boxes, labels, np.random.default_rng([repeat, index]))
     ours_rate = args.repeats * len(samples) / (time.perf_counter() - start)
 
+    start = time.perf_counter()
+    for repeat in range(args.repeats):
+        for index, (path, (_, boxes, labels)) in enumerate(zip(paths, samples, strict=True)):
+            ours(read_image(path), boxes, labels, np.random.default_rng([repeat, index]))
+    worker_rate = args.repeats * len(samples) / (time.perf_counter() - start)
+
     pipeline = torchvision_v2_pipeline(args.size)
     torch.manual_seed(0)
     start = time.perf_counter()
@@ -89,6 +96,7 @@ def main(args: argparse.Namespace) -> None:
 
     print(f"images: {len(samples)} x {args.repeats} passes, input {args.size}, one thread")
     print(f"OpenCV/NumPy SSDAugmentation     {ours_rate:8.1f} images/s")
+    print(f"  with decoding (a worker's job) {worker_rate:8.1f} images/s")
     print(f"torchvision.transforms.v2        {v2_rate:8.1f} images/s")
     print(f"ratio (ours / v2)                {ours_rate / v2_rate:8.2f}x")
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from data.records import AnnotationRecord, BadSampleError, read_image
+from data.records import AnnotationRecord, BadSampleError, read_image_reduced
 from data.transforms import mosaic
 
 logger = logging.getLogger(__name__)
@@ -52,6 +52,9 @@ class DetectionDataset(Dataset):
         train_difficult: keep objects marked difficult in the targets.
         mosaic_prob: probability that an item is a :func:`data.transforms.mosaic` of
             its image and three others drawn at random, each through ``transform``.
+        decode_min_side: decode JPEGs much larger than needed at reduced scale, their
+            shorter side kept at this many pixels or more
+            (:func:`data.records.read_image_reduced`); None: always at full size.
     """
 
     def __init__(
@@ -64,6 +67,7 @@ class DetectionDataset(Dataset):
         on_bad_sample: Literal["skip", "stop"] = "skip",
         train_difficult: bool = True,
         mosaic_prob: float = 0.0,
+        decode_min_side: int | None = None,
     ) -> None:
         self.records = list(records)
         self.class_names = list(class_names)
@@ -72,6 +76,7 @@ class DetectionDataset(Dataset):
         self.on_bad_sample = on_bad_sample
         self.train_difficult = train_difficult
         self.mosaic_prob = mosaic_prob
+        self.decode_min_side = decode_min_side
 
     def __len__(self) -> int:
         return len(self.records)
@@ -83,17 +88,21 @@ class DetectionDataset(Dataset):
         unreadable image that is skipped."""
         record = self.records[index]
         try:
-            image = read_image(record.image_path)
+            image, (height, width) = read_image_reduced(
+                record.image_path, min_side=self.decode_min_side
+            )
         except BadSampleError:
             if self.on_bad_sample == "stop":
                 raise
             logger.warning("%s: unreadable or corrupt image (skipped)", record.image_path)
             return None
-        height, width = image.shape[:2]
         boxes, labels = record.boxes, record.labels
         if not self.train_difficult:
             keep = ~record.difficult
             boxes, labels = boxes[keep], labels[keep]
+        if image.shape[:2] != (height, width):  # decoded at reduced scale
+            scale = [image.shape[1] / width, image.shape[0] / height] * 2
+            boxes = boxes * np.array(scale, dtype=np.float32)
         image, boxes, labels = self.transform(image, boxes.copy(), labels.copy(), rng)
         return image, boxes, labels, (int(height), int(width))
 

@@ -59,6 +59,8 @@ def build_dataset(
         on_bad_sample=config.data.on_bad_sample,
         train_difficult=config.data.train_difficult if train else True,
         mosaic_prob=config.augment.mosaic_prob if train else 0.0,
+        # Twice the input: crops down to half the image keep full detail.
+        decode_min_side=2 * config.model.image_size,
     )
 
 

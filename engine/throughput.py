@@ -31,7 +31,7 @@ from engine.training import (
 )
 from models.build import build_loss, build_model, count_flops
 from utils.config import Config
-from utils.device import resolve_precision
+from utils.device import resolve_channels_last, resolve_precision
 from utils.distributed import DistributedContext
 from utils.log import MetricsWriter
 from utils.optim import build_optimizer, build_scheduler
@@ -67,8 +67,9 @@ def time_training_step(
     """Training images/s of the config's network (random initial weights) over
     ``batches`` after ``warmup`` untimed ones (taken from the front of ``batches``)."""
     dtype = resolve_precision(config.train.amp, device, origin="train.amp").dtype
+    channels_last, _ = resolve_channels_last(config.train.channels_last, device)
     model = build_model(config, load_weights=False).to(device).train()
-    if config.train.channels_last:
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, config.solver)
     parts = TrainingParts(
@@ -83,7 +84,7 @@ def time_training_step(
     )
     options = EpochOptions(
         autocast_dtype=dtype,
-        channels_last=config.train.channels_last,
+        channels_last=channels_last,
         grad_clip_norm=config.solver.grad_clip_norm,
         seed=config.train.seed,
         log_interval=10**9,
@@ -173,6 +174,6 @@ def measure_training(
         loader_images_per_second=loader_rate,
         loader_workers=workers,
         precision="float32" if precision.dtype is None else precision.name,
-        channels_last=config.train.channels_last,
+        channels_last=resolve_channels_last(config.train.channels_last, device)[0],
         batch_size=config.train.batch_size,
     )

@@ -55,7 +55,7 @@ from utils.checkpoint import (
     save_checkpoint,
 )
 from utils.config import Config, ConfigError, config_to_yaml, save_config
-from utils.device import choose_device, resolve_precision
+from utils.device import choose_device, resolve_channels_last, resolve_precision
 from utils.distributed import DistributedContext, barrier, broadcast_from_main
 from utils.errors import user_message
 from utils.log import MetricsWriter
@@ -95,12 +95,17 @@ class TrainingRun:
         self.output_dir = Path(config.train.output_dir)
         self.precision = resolve_precision(config.train.amp, self.device, origin="train.amp")
         self.autocast_dtype = self.precision.dtype
+        self.channels_last, layout_reason = resolve_channels_last(
+            config.train.channels_last, self.device
+        )
         if context.is_main:
             logger.info(
-                "precision: %s on %s (%s)",
+                "precision: %s on %s (%s); layout %s (%s)",
                 "float32" if self.autocast_dtype is None else self.precision.name,
                 self.device,
                 self.precision.reason,
+                "NHWC" if self.channels_last else "NCHW",
+                layout_reason,
             )
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
@@ -184,7 +189,7 @@ class TrainingRun:
             )
         self.forward_gflops = count_flops(self.model, config.model.image_size) / 1e9
         self.model = self.model.to(self.device)
-        if config.train.channels_last:
+        if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         sparse_norm_names = prunable_norm_names(self.model) if config.train.sparsity > 0 else []
         if config.train.sparsity > 0 and not sparse_norm_names:
@@ -290,7 +295,7 @@ class TrainingRun:
         train = self.config.train
         return EpochOptions(
             autocast_dtype=self.autocast_dtype,
-            channels_last=train.channels_last,
+            channels_last=self.channels_last,
             grad_clip_norm=self.config.solver.grad_clip_norm,
             sparsity=train.sparsity,
             sparse_norms=self.sparse_norms,
@@ -349,9 +354,7 @@ class TrainingRun:
                 self.postprocessor,
                 image_size=self.config.model.image_size,
                 device=self.device,
-                options=SpeedOptions(
-                    channels_last=self.config.train.channels_last, inference_mode=True
-                ),
+                options=SpeedOptions(channels_last=self.channels_last, inference_mode=True),
             )
             detections, timing = predict(pipeline, self.val_loader)
             result = self.evaluator.score(detections)

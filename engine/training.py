@@ -285,7 +285,7 @@ def train_one_epoch(
         parts.scheduler.step()
         state.iteration += 1
         images_seen += images.shape[0]
-        unread = None if logged else losses
+        unread = None if logged else {key: value.detach() for key, value in losses.items()}
         if logged:
             log(values, lr)
 

@@ -1,3 +1,4 @@
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -393,3 +394,34 @@ def test_collate_keeps_the_decoders_nhwc_memory():
     assert batch.shape == (2, 3, 5, 5)
     assert batch.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(batch[1, 2], torch.from_numpy(images[1][:, :, 2]))
+
+
+def test_large_jpegs_are_decoded_at_reduced_scale(shared_dir, tmp_path):
+    from data.records import AnnotationRecord, jpeg_size, read_image_reduced
+
+    photo = shared_dir / "data" / "voc_mini" / "VOC2012" / "JPEGImages" / "2007_000027.jpg"
+    assert jpeg_size(np.fromfile(photo, dtype=np.uint8)) == (500, 486)
+    # A 2400 x 1800 photo with a white box at x 600..1200, y 300..900.
+    image = np.full((1800, 2400, 3), 60, dtype=np.uint8)
+    image[300:900, 600:1200] = 255
+    big = tmp_path / "big.jpg"
+    cv2.imwrite(str(big), image)
+    png = tmp_path / "big.png"
+    cv2.imwrite(str(png), image)
+    assert jpeg_size(np.fromfile(png, dtype=np.uint8)) is None
+    for min_side, shape in ((None, (1800, 2400)), (900, (900, 1200)), (400, (450, 600)),
+                            (200, (225, 300)), (1000, (1800, 2400))):  # fmt: skip
+        decoded, full = read_image_reduced(big, min_side=min_side)
+        assert decoded.shape[:2] == shape and full == (1800, 2400)
+    assert read_image_reduced(png, min_side=200)[0].shape[:2] == (1800, 2400)
+    # Through the dataset: boxes scaled with the image, orig_size the full image's.
+    record = AnnotationRecord(
+        image_id="big", image_path=big, width=2400, height=1800,
+        boxes=np.array([[600, 300, 1200, 900]], dtype=np.float32), labels=np.array([1]),
+        difficult=np.array([False]), source="big.xml",
+    )  # fmt: skip
+    item = DetectionDataset([record], ["box"], EvalTransform(100), decode_min_side=200)[0]
+    assert item["orig_size"] == (1800, 2400)
+    np.testing.assert_allclose(item["boxes"].numpy(), [[0.25, 1 / 6, 0.5, 0.5]], atol=1e-6)
+    pixels = item["image"].permute(1, 2, 0).numpy()
+    assert pixels[20:48, 27:48].min() > 240 and pixels[60:, :].max() < 80

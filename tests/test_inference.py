@@ -12,7 +12,13 @@ from engine.inference import InferencePipeline, SpeedOptions, to_pixels
 from models.build import build_model, build_postprocessor, count_flops
 from tests.conftest import TINY_MODEL, randomise_batchnorm, tiny_train_overrides
 from utils.config import load_config
-from utils.device import DeviceError, choose_device, cpu_flags, resolve_precision
+from utils.device import (
+    DeviceError,
+    choose_device,
+    cpu_flags,
+    resolve_channels_last,
+    resolve_precision,
+)
 from utils.errors import UserError
 
 CPU = torch.device("cpu")
@@ -334,3 +340,19 @@ def test_interleaved_onnxruntime_runners_do_not_spin():
         benchmark.parse_args(["--backend", "onnxruntime", *TINY_MODEL]), CPU
     )
     assert alone[0].pipeline.spinning
+
+
+@pytest.mark.parametrize(
+    ("flags", "nhwc", "reason"),
+    [
+        ({"avx2", "avx512f"}, True, "train.channels_last=auto: the CPU has AVX-512"),
+        ({"avx2", "fma"}, False, "train.channels_last=auto: the CPU has no AVX-512"),
+        (None, False, "train.channels_last=auto: the CPU has no AVX-512"),
+    ],
+)
+def test_auto_layout_follows_the_cpu(monkeypatch, flags, nhwc, reason):
+    known = None if flags is None else frozenset(flags)
+    monkeypatch.setattr(utils.device, "cpu_flags", lambda: known)
+    assert resolve_channels_last("auto", CPU) == (nhwc, reason)
+    assert resolve_channels_last(True, CPU) == (True, "train.channels_last=true")
+    assert resolve_channels_last(False, CPU) == (False, "train.channels_last=false")

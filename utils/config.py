@@ -215,8 +215,10 @@ class TrainConfig:
     # choice and its reason are logged. bf16 also runs on other CPUs, emulated and slow;
     # fp16 needs CUDA. none: float32.
     amp: Literal["none", "auto", "bf16", "fp16"] = "auto"
-    # NHWC activations: faster on CUDA (tensor cores) and on CPUs (oneDNN's layout).
-    channels_last: bool = True
+    # NHWC activations. auto: on CUDA (tensor cores) and on CPUs with AVX-512 (oneDNN's
+    # NHWC kernels trained the quick start 1.27x faster there); NCHW on other CPUs (on an
+    # AVX2 EPYC NHWC trained it at 0.93x: slow BatchNorm at 8 channels).
+    channels_last: bool | Literal["auto"] = "auto"
     sync_bn: bool = False
     # Evaluate (VOC07 mAP on the val sets) every N epochs and at the end; 0 = only at
     # the end. The best score keeps best.pt.

@@ -28,7 +28,8 @@ import argparse
 import dataclasses
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any, Literal
@@ -244,6 +245,30 @@ class DetectorPipeline(abc.ABC):
         with self.grad_mode():
             outputs = self.forward(self.preprocess(images))
             return self.postprocess(outputs, [image.shape[:2] for image in images])
+
+    def stream(
+        self, batches: Iterable[Sequence[np.ndarray]]
+    ) -> Iterator[tuple[Sequence[np.ndarray], list[dict[str, np.ndarray]]]]:
+        """The throughput mode: each batch of ``batches`` with its detections, in order,
+        as :meth:`__call__` gives them. A helper thread takes the next batch from
+        ``batches`` (reading a video frame, say) and preprocesses it (resize, layout,
+        copy to the device) while the current one runs through the network and the
+        post-processing, so the device does not wait for the host between batches."""
+        iterator = iter(batches)
+
+        def fetch() -> tuple[Sequence[np.ndarray], Tensor] | None:
+            images = next(iterator, None)
+            return None if images is None else (images, self.preprocess(images))
+
+        with ThreadPoolExecutor(max_workers=1) as helper:
+            upcoming = helper.submit(fetch)
+            while (ready := upcoming.result()) is not None:
+                upcoming = helper.submit(fetch)
+                images, batch = ready
+                with self.grad_mode():
+                    outputs = self.forward(batch)
+                    detections = self.postprocess(outputs, [image.shape[:2] for image in images])
+                yield images, detections
 
 
 class InferencePipeline(DetectorPipeline):

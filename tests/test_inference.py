@@ -356,3 +356,18 @@ def test_auto_layout_follows_the_cpu(monkeypatch, flags, nhwc, reason):
     assert resolve_channels_last("auto", CPU) == (nhwc, reason)
     assert resolve_channels_last(True, CPU) == (True, "train.channels_last=true")
     assert resolve_channels_last(False, CPU) == (False, "train.channels_last=false")
+
+
+def test_stream_gives_what_batch_by_batch_calls_give():
+    pipeline = tiny_pipeline(SpeedOptions(channels_last=True, inference_mode=True))
+    images = photos(3)
+    batches = [images[:2], images[2:], images[1:]]
+    streamed = list(pipeline.stream(iter(batches)))
+    assert [list(batch) for batch, _ in streamed] == [list(batch) for batch in batches]
+    for (_, got), batch in zip(streamed, batches, strict=True):
+        want = pipeline(batch)
+        assert len(got) == len(want)
+        for got_image, want_image in zip(got, want, strict=True):
+            for key in ("boxes", "scores", "labels"):
+                np.testing.assert_array_equal(got_image[key], want_image[key])
+    assert list(pipeline.stream([])) == []

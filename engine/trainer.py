@@ -470,6 +470,7 @@ class TrainingRun:
                     )
                 next_stop = min(point for point in stops if point > state.iteration)
                 minutes = config.train.checkpoint_minutes
+                due_in = self.last_save + 60 * minutes - time.perf_counter()
                 result = train_one_epoch(
                     parts,
                     self.train_loader,
@@ -481,7 +482,7 @@ class TrainingRun:
                     options=dataclasses.replace(
                         options,
                         stop_at_iteration=next_stop,
-                        checkpoint_due_at=self.last_save + 60 * minutes if minutes else None,
+                        checkpoint_due_in=due_in if minutes else None,
                     ),
                 )
                 epoch_total.images += result.images

@@ -90,12 +90,9 @@ class EpochOptions:
     seed: int = 0
     log_interval: int = 20
     stop_at_iteration: int | None = None
-    # A time.perf_counter() after which the call returns at the next logged iteration
+    # Seconds from the call's start after which it returns at the next logged iteration
     # with stop_reason "checkpoint" (train.checkpoint_minutes); None: never.
-    checkpoint_due_at: float | None = None
-    # A time.perf_counter() after which the call returns at the next logged iteration
-    # with stop_reason "checkpoint" (train.checkpoint_minutes); None: never.
-    checkpoint_due_at: float | None = None
+    checkpoint_due_in: float | None = None
 
 
 # An epoch that waits for batches longer than this share of its time is short of loader
@@ -210,8 +207,8 @@ def train_one_epoch(
         """The one host read: mean losses, what the ranks voted for (``signal`` when one
         asked to stop, ``checkpoint`` when one's checkpoint is due, else None) and the
         message of a non-finite loss (None when all were finite)."""
-        deadline = options.checkpoint_due_at
-        due = deadline is not None and time.perf_counter() >= deadline
+        due_in = options.checkpoint_due_in
+        due = due_in is not None and time.perf_counter() - start >= due_in
         votes = torch.tensor([float(stop.requested), float(due)], device=device)
         losses_now = torch.stack([value.detach().float() for value in losses.values()])
         shared = all_reduce_sum(torch.cat([losses_now, bad_losses[None], votes]), context)

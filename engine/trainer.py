@@ -50,7 +50,6 @@ from utils.checkpoint import (
     channel_widths,
     make_checkpoint,
     read_project_checkpoint,
-    remove_stale_temporaries,
     restore_rng_state,
     save_checkpoint,
 )
@@ -58,6 +57,7 @@ from utils.config import Config, ConfigError, config_to_yaml, save_config
 from utils.device import choose_device, resolve_channels_last, resolve_precision
 from utils.distributed import DistributedContext, barrier, broadcast_from_main
 from utils.errors import user_message
+from utils.files import remove_stale_temporaries
 from utils.log import MetricsWriter
 from utils.optim import build_optimizer, build_scheduler
 from utils.visualize import draw_detections

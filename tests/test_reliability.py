@@ -22,11 +22,11 @@ from utils.checkpoint import (
     CheckpointError,
     config_and_checkpoint,
     load_checkpoint,
-    remove_stale_temporaries,
     save_checkpoint,
 )
 from utils.cli import run_command
 from utils.config import ConfigError, load_config
+from utils.files import remove_stale_temporaries
 
 QUICKSTART = str(REPO_ROOT / "configs" / "quickstart_shapes.yaml")
 
@@ -282,3 +282,24 @@ def test_prune_reports_the_scales_and_warns_when_they_are_not_sparse(capsys, cap
     assert prune_script.report_sparsity(sparse, threshold=1e-4, ratio=0.5)
     assert "60.0% below 0.01" in capsys.readouterr().out
     assert "not sparse" not in caplog.text
+
+
+def test_atomic_writes_keep_the_old_file_when_the_writer_fails(tmp_path):
+    from utils.files import WriteError, atomic_write, atomic_write_text
+
+    target = tmp_path / "sub" / "config.yaml"
+    atomic_write_text(target, "first\n", what="config")
+    assert target.read_text() == "first\n"
+
+    def failing(handle):
+        handle.write(b"half of it")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(WriteError) as caught:
+        atomic_write(target, failing, what="config")
+    assert str(caught.value) == (
+        f"{target}: could not write the config (No space left on device); "
+        "the previous one, if any, is unchanged"
+    )
+    assert target.read_text() == "first\n"
+    assert sorted(path.name for path in target.parent.iterdir()) == ["config.yaml"]

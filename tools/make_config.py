@@ -61,9 +61,10 @@ from engine.prior_fitting import PriorFit, fit_config_priors, ssd_rule_priors
 from engine.throughput import training_images_per_second
 from models.build import feature_map_sizes
 from utils.cli import number_in, positive_int, run_command
-from utils.config import POSITIVE, Config, config_to_dict, load_config
+from utils.config import POSITIVE, Config, config_from_dict, config_to_dict, load_config
 from utils.device import choose_device
 from utils.errors import UserError
+from utils.files import atomic_write_text
 from utils.log import setup_logging
 
 logger = logging.getLogger(__name__)
@@ -573,17 +574,11 @@ def main(args: argparse.Namespace) -> int:
         "were derived from the data. Train with python train.py --config THIS_FILE."
     )
     text = render(config, base_path, comments, header)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = args.out.with_name(args.out.name + ".tmp")
-    temporary.write_text(text, encoding="utf-8")
-    written = load_config(temporary)
-    expected = dataclasses.replace(
-        config, train=dataclasses.replace(config.train, output_dir=written.train.output_dir)
-    )
-    if config_to_dict(written) != config_to_dict(expected):
-        temporary.unlink()
+    # The text must read back as the derived config before it replaces anything.
+    written = config_from_dict(yaml.safe_load(text), source=str(args.out))
+    if config_to_dict(written) != config_to_dict(config):
         raise AssertionError("the written config does not read back as the derived one")
-    temporary.replace(args.out)
+    atomic_write_text(args.out, text, what="config")
     print(
         f"{layout.dataset} data in {args.data}: {len(config.data.class_names)} classes "
         f"({', '.join(config.data.class_names)}); train {layout.train_sets}, val {layout.val_sets}"

@@ -14,9 +14,7 @@ torch is imported where a checkpoint is read or written: resolving a config
 
 from __future__ import annotations
 
-import os
 import random
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,12 +29,10 @@ from utils.config import (
     load_config,
 )
 from utils.errors import UserError
+from utils.files import WriteError, atomic_write
 
 if TYPE_CHECKING:
     import torch
-
-# Temporary files are ".<name>.tmp<pid>" beside the checkpoint.
-TEMPORARY_PREFIX = "."
 
 # Raise when the layout changes in a way older code cannot read; files without the key
 # were written before it existed, in the layout of version 1.
@@ -73,9 +69,9 @@ def make_checkpoint(
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
-    """Write ``state`` to ``path`` through a temporary file, an fsync, a rename and an
-    fsync of the folder, so a crash, a kill or a full disk never leaves a truncated
-    checkpoint behind: ``path`` holds the old checkpoint or the new one.
+    """Write ``state`` to ``path`` atomically (:func:`utils.files.atomic_write`): a
+    crash, a kill or a full disk never leaves a truncated checkpoint behind, ``path``
+    holds the old checkpoint or the new one.
 
     Raises:
         CheckpointError: the file could not be written (the message names the path and
@@ -84,80 +80,10 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     """
     import torch
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f"{TEMPORARY_PREFIX}{path.name}.tmp{os.getpid()}")
     try:
-        with temporary.open("wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        temporary.replace(path)
-        _fsync_directory(path.parent)
-    except (OSError, RuntimeError) as error:
-        raise CheckpointError(
-            f"{path}: could not write the checkpoint ({_write_failure(error, path.parent)}); "
-            "the previous one, if any, is unchanged"
-        ) from error
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
-def _write_failure(error: BaseException, directory: Path) -> str:
-    """The cause of a failed write in a few words: the OSError in the chain (torch
-    wraps it in a RuntimeError of its own), or a full disk, or the error itself."""
-    cause: BaseException | None = error
-    while cause is not None:
-        if isinstance(cause, OSError) and cause.strerror:
-            return cause.strerror
-        cause = cause.__cause__ or cause.__context__
-    try:
-        free = shutil.disk_usage(directory).free
-    except OSError:
-        free = None
-    if free is not None and free < 1 << 20:
-        return f"No space left on device ({free} bytes free)"
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make a rename inside ``directory`` durable (a no-op where folders cannot be opened)."""
-    try:
-        descriptor = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
-
-
-def remove_stale_temporaries(directory: str | Path) -> list[Path]:
-    """Delete the temporary files that :func:`save_checkpoint` calls of processes no
-    longer running (a kill -9 mid-write leaves them); returns what was deleted."""
-    removed = []
-    for candidate in Path(directory).glob(f"{TEMPORARY_PREFIX}*.tmp*"):
-        pid = candidate.name.rpartition(".tmp")[2]
-        if not pid.isdigit() or (int(pid) != os.getpid() and _process_exists(int(pid))):
-            continue
-        try:
-            candidate.unlink()
-        except OSError:
-            continue
-        removed.append(candidate)
-    return removed
-
-
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        atomic_write(path, lambda handle: torch.save(state, handle), what="checkpoint")
+    except WriteError as error:
+        raise CheckpointError(str(error)) from error.__cause__
 
 
 def read_tensor_file(path: str | Path, *, what: str = "checkpoint") -> Any:

@@ -23,6 +23,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from utils.errors import UserError
+from utils.files import atomic_write_text
 
 
 class ConfigError(UserError, ValueError):
@@ -419,11 +420,7 @@ def config_to_yaml(config: Config) -> str:
 
 def save_config(config: Config, path: str | Path) -> None:
     """Write the resolved config as YAML (loadable again by :func:`load_config`)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(config_to_yaml(config), encoding="utf-8")
-    temporary.replace(path)
+    atomic_write_text(path, config_to_yaml(config), what="config")
 
 
 def merge_dict(config: Any, values: dict[str, Any], source: str, prefix: str = "") -> Any:

@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from utils.files import atomic_write_text
+
 if TYPE_CHECKING:
     # Only for annotations: test.py --eval-only logs without loading torch.
     import torch
@@ -102,6 +104,4 @@ def _drop_lines_after(path: Path, iteration: int) -> None:
             continue  # a line cut short by the crash
         if isinstance(record, dict) and record.get("iteration", 0) <= iteration:
             kept.append(line + "\n")
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text("".join(kept), encoding="utf-8")
-    temporary.replace(path)
+    atomic_write_text(path, "".join(kept), what="metrics log")

@@ -32,7 +32,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import cv2
 import numpy as np
@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from models.folding import fold_batchnorm
-from utils.device import DeviceError, autocast_context, resolve_precision
+from utils.device import AmpChoice, DeviceError, autocast_context, resolve_precision
 from utils.log import progress_bar
 from utils.timing import synchronize
 
@@ -56,7 +56,7 @@ class SpeedOptions:
     fold_bn: bool = False
     inference_mode: bool = False
     compile: bool = False
-    autocast: Literal["none", "auto", "bf16", "fp16"] = "none"
+    autocast: AmpChoice = "none"
     cuda_graphs: bool = False
 
 

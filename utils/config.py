@@ -22,6 +22,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from utils.device import AmpChoice, DeviceChoice
 from utils.errors import UserError
 from utils.files import atomic_write_text
 
@@ -210,12 +211,12 @@ class TrainConfig:
     max_minutes: float = 0.0
     batch_size: int = 32
     seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: DeviceChoice = "auto"
     # Mixed precision. auto: bf16 on CUDA (fp16 with a gradient scaler on GPUs without
     # bf16) and on CPUs with native bf16 (AVX512_BF16 or AMX), float32 elsewhere; the
     # choice and its reason are logged. bf16 also runs on other CPUs, emulated and slow;
     # fp16 needs CUDA. none: float32.
-    amp: Literal["none", "auto", "bf16", "fp16"] = "auto"
+    amp: AmpChoice = "auto"
     # NHWC activations. auto: on CUDA (tensor cores) and on CPUs with AVX-512 (oneDNN's
     # NHWC kernels trained the quick start 1.27x faster there); NCHW on other CPUs (on an
     # AVX2 EPYC NHWC trained it at 0.93x: slow BatchNorm at 8 channels).

@@ -7,17 +7,20 @@ import os
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, get_args
 
 from utils.errors import UserError
 
 if TYPE_CHECKING:
     import torch
 
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
+# The choices, typed once: the config's keys and the scripts' flags take them from here.
+DeviceChoice = Literal["auto", "cpu", "cuda"]
+DEVICE_CHOICES: tuple[str, ...] = get_args(DeviceChoice)
 # What ``train.amp`` and ``--amp`` name: float32, the machine's fastest precision
 # (:func:`resolve_precision`), or autocast to bfloat16 / float16.
-AMP_CHOICES = ("none", "auto", "bf16", "fp16")
+AmpChoice = Literal["none", "auto", "bf16", "fp16"]
+AMP_CHOICES: tuple[str, ...] = get_args(AmpChoice)
 
 
 class DeviceError(UserError, RuntimeError):

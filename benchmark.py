@@ -49,7 +49,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from data.records import IMAGE_EXTENSIONS
+from data.records import IMAGE_EXTENSIONS, BadSampleError, read_image
 from engine.export import build_pipeline as build_export_pipeline
 from engine.inference import (
     DetectorPipeline,
@@ -177,11 +177,10 @@ def load_images(
     paths = sorted(path for path in folder.iterdir() if path.suffix.lower() in IMAGE_EXTENSIONS)
     images = []
     for path in paths:
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if image is None:
-            logger.warning("%s: not a readable image, skipped", path)
-            continue
-        images.append(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+        try:
+            images.append(read_image(path))
+        except BadSampleError as error:
+            logger.warning("%s (skipped)", error)
     if not images:
         raise ConfigError(f"{folder}: no readable images")
     return [images[index % len(images)] for index in range(count)]

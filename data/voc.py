@@ -12,7 +12,6 @@ import xml.etree.ElementTree as ElementTree
 from collections.abc import Sequence
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from data.records import (
@@ -22,6 +21,7 @@ from data.records import (
     ProblemReport,
     clean_boxes,
     find_image,
+    read_image,
 )
 
 logger = logging.getLogger(__name__)
@@ -113,11 +113,11 @@ def parse_annotation(
     width, height = content["width"], content["height"]
     if width <= 0 or height <= 0:
         # No usable <size>: read it from the image itself.
-        image = cv2.imread(str(image_path), cv2.IMREAD_UNCHANGED)
-        if image is None:
+        try:
+            height, width = read_image(image_path).shape[:2]
+        except BadSampleError:
             problems.report(image_path, "unreadable or corrupt image")
             return None
-        height, width = image.shape[:2]
     label_of = {name: label for label, name in enumerate(class_names, start=1)}
     boxes, labels, difficult = [], [], []
     unknown: dict[str, int] = {}

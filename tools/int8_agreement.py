@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torchvision.ops import box_iou
 
+from data.records import BadSampleError, read_image
 from engine.export import end_to_end_pipeline
 from engine.loading import build_model_to_run
 from utils.cli import add_checkpoint_argument, add_config_arguments, positive_int, run_command
@@ -50,10 +51,11 @@ def read_folder(folder: Path, size: int) -> np.ndarray:
     """Every readable image of ``folder`` (sorted) resized: ``uint8`` ``[N, 3, S, S]``."""
     images = []
     for path in sorted(folder.iterdir()):
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if image is not None:
-            resized = cv2.resize(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), (size, size))
-            images.append(resized.transpose(2, 0, 1))
+        try:
+            image = read_image(path)
+        except BadSampleError:
+            continue  # not an image
+        images.append(cv2.resize(image, (size, size)).transpose(2, 0, 1))
     return np.stack(images)
 
 

@@ -19,6 +19,8 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from engine.trainer import TrainingRun
 from engine.training import StopRequest
 from utils.checkpoint import load_checkpoint
@@ -114,13 +116,15 @@ def restore_signal_handlers(previous: dict[int, Any]) -> None:
 
 def main(args: argparse.Namespace) -> int:
     config, checkpoint = resolve_config(args)
-    # The device type decides the process group's backend (NCCL or Gloo); the run takes
-    # its rank's device from the same choice.
+    # The device type decides the process group's backend (NCCL or Gloo); each rank
+    # then takes its own GPU of that one choice.
     device = choose_device(config.train.device, origin="train.device")
     context = init_distributed(device.type == "cuda")
+    if device.type == "cuda":
+        device = torch.device("cuda", context.local_rank)
     setup_logging(context.is_main)
     try:
-        training = TrainingRun(config, checkpoint, context, init=args.init)
+        training = TrainingRun(config, checkpoint, context, device, init=args.init)
         stop = StopRequest()
         previous_handlers = install_signal_handlers(stop)
         try:

@@ -54,7 +54,7 @@ from utils.checkpoint import (
     save_checkpoint,
 )
 from utils.config import Config, ConfigError, config_to_yaml, save_config
-from utils.device import choose_device, resolve_channels_last, resolve_precision
+from utils.device import resolve_channels_last, resolve_precision
 from utils.distributed import DistributedContext, barrier, broadcast_from_main
 from utils.errors import user_message
 from utils.files import remove_stale_temporaries
@@ -72,6 +72,8 @@ class TrainingRun:
         config: the run's config.
         checkpoint: a training checkpoint's contents, to resume from.
         context: the process's place in a distributed run.
+        device: where this process trains (train.py chooses it from ``train.device``
+            and the process's local rank).
         init: weights to start from instead (fine-tuning; a pruned checkpoint brings
             its channel widths).
     """
@@ -81,6 +83,7 @@ class TrainingRun:
         config: Config,
         checkpoint: dict[str, Any] | None,
         context: DistributedContext,
+        device: torch.device,
         *,
         init: Path | None = None,
     ) -> None:
@@ -89,9 +92,7 @@ class TrainingRun:
         self.last_save = self.start_time
         self.config = config
         self.context = context
-        self.device = choose_device(
-            config.train.device, local_rank=context.local_rank, origin="train.device"
-        )
+        self.device = device
         self.output_dir = Path(config.train.output_dir)
         self.precision = resolve_precision(config.train.amp, self.device, origin="train.amp")
         self.autocast_dtype = self.precision.dtype

@@ -25,7 +25,7 @@ import numpy as np
 
 from data.records import AnnotationRecord
 from data.sources import val_annotation_file
-from utils.config import Config, ConfigError
+from utils.config import METRICS, Config, ConfigError
 from utils.metrics import ClassResult, evaluate_voc_arrays
 from utils.visualize import draw_pr_curves
 
@@ -460,9 +460,6 @@ def write_metrics(result: dict[str, Any], directory: Path) -> Path:
     path = directory / "metrics.json"
     path.write_text(json.dumps(content, indent=2), encoding="utf-8")
     return path
-
-
-METRICS = ("voc07", "voc10", "coco")
 
 
 class Evaluator:

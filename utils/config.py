@@ -267,11 +267,16 @@ class SolverConfig:
     grad_clip_norm: float = 0.0
 
 
+# The evaluation metrics, typed once (engine.evaluation takes its list from here).
+Metric = Literal["voc07", "voc10", "coco"]
+METRICS: tuple[str, ...] = get_args(Metric)
+
+
 @dataclass
 class EvalConfig:
     """Evaluation: metric, batch size and IoU threshold."""
 
-    metric: Literal["voc07", "voc10", "coco"] = "voc07"
+    metric: Metric = "voc07"
     batch_size: int = 16
     iou_threshold: float = 0.5
 

@@ -95,20 +95,19 @@ class ResumableSampler(DistributedSampler):
 
 def collate(batch: list[dict[str, Any] | None]) -> dict[str, Any]:
     """Stack images (``[B, 3, S, S]`` uint8 in NHWC memory, as the decoder wrote them and
-    as channels-last networks read them: no layout conversion on the way); keep
-    per-image targets as lists. Samples that could not be read (``None``) are dropped."""
+    as channels-last networks read them: no layout conversion on the way) and the
+    targets, padded (``targets``: boxes ``[B, G, 4]``, labels ``[B, G]`` with 0 as
+    padding; :func:`layers.matching.pad_targets`), one copy to the device a batch.
+    Samples that could not be read (``None``) are dropped."""
     items = [item for item in batch if item is not None]
     if not items:
-        return {"images": torch.zeros(0, 3, 1, 1, dtype=torch.uint8), "boxes": [], "labels": [],
+        return {"images": torch.zeros(0, 3, 1, 1, dtype=torch.uint8),
                 "targets": pad_targets([], []), "indices": [], "image_ids": [],
                 "orig_sizes": []}  # fmt: skip
     return {
         "images": torch.stack([item["image"].permute(1, 2, 0) for item in items]).permute(
             0, 3, 1, 2
         ),
-        "boxes": [item["boxes"] for item in items],
-        "labels": [item["labels"] for item in items],
-        # The same, padded (layers.matching.pad_targets): one copy to the device a batch.
         "targets": pad_targets(
             [item["boxes"] for item in items], [item["labels"] for item in items]
         ),

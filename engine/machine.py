@@ -14,12 +14,11 @@ from __future__ import annotations
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from utils.device import CPUINFO, cpu_flags
+from utils.device import cpu_flags, cpuinfo_value
 from utils.timing import time_interleaved
 
 # The CPU flags worth stating next to a timing: they decide which kernels run.
@@ -45,19 +44,6 @@ def vector_flags() -> str:
     the flags cannot be read."""
     flags = cpu_flags() or frozenset()
     return " ".join(flag for flag in VECTOR_FLAGS if flag in flags)
-
-
-def cpu_model_name(cpuinfo: Path = CPUINFO) -> str:
-    """The CPU's model name from ``cpuinfo`` (Linux); empty where it cannot be read."""
-    try:
-        text = cpuinfo.read_text(errors="replace")
-    except OSError:
-        return ""
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name":
-            return value.strip()
-    return ""
 
 
 def _median_seconds(call: Callable[[], object], device: torch.device, repeats: int) -> float:
@@ -124,7 +110,7 @@ def measure_limits(device: torch.device) -> MachineLimits:
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
-        name = cpu_model_name() or platform.processor()
+        name = cpuinfo_value(("model name",)) or platform.processor()
     return MachineLimits(
         conv_fp32_gflops=conv_gflops(device),
         matmul_fp32_gflops=matmul_gflops(device),

@@ -323,18 +323,10 @@ def test_resume_can_extend_the_schedule(tiny_shapes_root, tmp_path):
     assert load_checkpoint(output / "last.pt")["iteration"] == 6
 
 
-def one_step(model, *, options, scaler=None, lr=1.0):
-    """One iteration of train_one_epoch on a fixed batch with plain SGD at ``lr``;
-    returns the parameters before it and the epoch's result."""
+def sgd_epoch(model, batches, *, options, scaler=None, lr=1.0, writer=None):
+    """train_one_epoch over ``batches`` with plain SGD at ``lr`` and a constant LR; the
+    epoch's result."""
     config = load_config(None, TINY_MODEL)
-    generator = torch.Generator().manual_seed(0)
-    batch = {
-        "images": torch.rand(2, 3, 96, 96, generator=generator) * 255,
-        "targets": pad_targets(
-            [torch.tensor([[0.1, 0.2, 0.5, 0.7]]), torch.tensor([[0.3, 0.3, 0.9, 0.8]])],
-            [torch.tensor([1]), torch.tensor([3])],
-        ),
-    }
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     parts = TrainingParts(
         model=model,
@@ -344,17 +336,31 @@ def one_step(model, *, options, scaler=None, lr=1.0):
         scaler=scaler or torch.amp.GradScaler("cpu", enabled=False),
         device=torch.device("cpu"),
     )
-    before = [parameter.detach().clone() for parameter in model.parameters()]
-    result = train_one_epoch(
+    return train_one_epoch(
         parts,
-        [batch],
+        batches,
         epoch=0,
         state=TrainState(),
         context=DistributedContext(),
-        writer=MetricsWriter("unused", enabled=False),
+        writer=writer or MetricsWriter("unused", enabled=False),
         stop=StopRequest(),
         options=options,
     )
+
+
+def one_step(model, *, options, scaler=None, lr=1.0):
+    """One iteration of train_one_epoch on a fixed batch with plain SGD at ``lr``;
+    returns the parameters before it and the epoch's result."""
+    generator = torch.Generator().manual_seed(0)
+    batch = {
+        "images": torch.rand(2, 3, 96, 96, generator=generator) * 255,
+        "targets": pad_targets(
+            [torch.tensor([[0.1, 0.2, 0.5, 0.7]]), torch.tensor([[0.3, 0.3, 0.9, 0.8]])],
+            [torch.tensor([1]), torch.tensor([3])],
+        ),
+    }
+    before = [parameter.detach().clone() for parameter in model.parameters()]
+    result = sgd_epoch(model, [batch], options=options, scaler=scaler, lr=lr)
     return before, result
 
 
@@ -568,15 +574,6 @@ def test_the_step_reads_the_device_once_per_logged_iteration(monkeypatch, log_in
         }
         for _ in range(4)
     ]
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    parts = TrainingParts(
-        model=model,
-        loss_fn=build_loss(config, model.priors_cxcywh),
-        optimizer=optimizer,
-        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0),
-        scaler=torch.amp.GradScaler("cpu", enabled=False),
-        device=torch.device("cpu"),
-    )
     records = []
 
     class Recorder(MetricsWriter):
@@ -586,15 +583,8 @@ def test_the_step_reads_the_device_once_per_logged_iteration(monkeypatch, log_in
     options = EpochOptions(log_interval=log_interval, mixup_prob=1.0, grad_clip_norm=10.0)
     counter = HostReadCounter(monkeypatch)
     with counter:
-        result = train_one_epoch(
-            parts,
-            batches,
-            epoch=0,
-            state=TrainState(),
-            context=DistributedContext(),
-            writer=Recorder("unused", enabled=False),
-            stop=StopRequest(),
-            options=options,
+        result = sgd_epoch(
+            model, batches, options=options, lr=0.01, writer=Recorder("unused", enabled=False)
         )
     assert result.stop_reason is None and result.images == 8
     assert len(records) == logged

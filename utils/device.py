@@ -57,17 +57,25 @@ NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 CPUINFO = Path("/proc/cpuinfo")
 
 
-def cpu_flags(cpuinfo: Path = CPUINFO) -> frozenset[str] | None:
-    """The CPU's feature flags from ``cpuinfo`` (Linux); None where it cannot be read."""
+def cpuinfo_value(keys: tuple[str, ...], cpuinfo: Path = CPUINFO) -> str | None:
+    """The first value ``cpuinfo`` (Linux's /proc/cpuinfo) gives for one of ``keys``;
+    None where it cannot be read or has none."""
     try:
         text = cpuinfo.read_text(errors="replace")
     except OSError:
         return None
     for line in text.splitlines():
         key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return frozenset(value.split())
+        if key.strip() in keys:
+            return value.strip()
     return None
+
+
+def cpu_flags(cpuinfo: Path = CPUINFO) -> frozenset[str] | None:
+    """The CPU's feature flags (ARM kernels call them Features); None where they cannot
+    be read."""
+    value = cpuinfo_value(("flags", "Features"), cpuinfo)
+    return None if value is None else frozenset(value.split())
 
 
 @dataclass(frozen=True)

@@ -25,19 +25,21 @@ import numpy as np
 from tqdm import tqdm
 
 from data.records import IMAGE_EXTENSIONS, BadSampleError, read_image
-from engine.export import build_pipeline
-from engine.inference import speed_options
-from engine.loading import load_trained_model
+from engine.inference import SpeedOptions, build_pipeline
+from engine.loading import load_model
 from engine.quantize import int8_calibration
 from utils.cli import (
     add_backend_arguments,
     add_checkpoint_argument,
     add_config_arguments,
     add_device_argument,
+    add_out_argument,
     add_speed_arguments,
     positive_int,
     probability,
     run_command,
+    script_parser,
+    speed_flags,
 )
 from utils.device import choose_device
 from utils.log import setup_logging
@@ -49,10 +51,8 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Draw a detector's detections on images, videos or a webcam stream.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__,
+    parser = script_parser(
+        "Draw a detector's detections on images, videos or a webcam stream.", __doc__
     )
     parser.add_argument(
         "input",
@@ -60,7 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     add_config_arguments(parser)
     add_checkpoint_argument(parser, required=True)
-    parser.add_argument("--output", type=Path, default=None, help="output folder")
+    add_out_argument(parser, help="output folder", aliases=("--output",))
     parser.add_argument("--show", action="store_true", help="show results in a window")
     parser.add_argument(
         "--threshold",
@@ -95,7 +95,7 @@ class Detector:
         overrides = list(args.overrides)
         if args.topk is not None:
             overrides.append(f"postprocess.max_detections={args.topk}")
-        config, model, checkpoint = load_trained_model(args.config, overrides, args.checkpoint)
+        config, model, checkpoint = load_model(args.config, overrides, args.checkpoint)
         self.class_names = args.class_names or (checkpoint or {}).get("class_names") or []
         if not self.class_names:
             self.class_names = [str(label) for label in range(1, config.model.num_classes)]
@@ -104,9 +104,9 @@ class Detector:
             config,
             backend=args.backend,
             device=choose_device(args.device, origin="--device"),
-            options=speed_options(args, inference_mode=True),
+            options=SpeedOptions(**speed_flags(args), inference_mode=True),
             onnx_path=args.onnx,
-            calibration=int8_calibration(args, config),
+            calibration=int8_calibration(config, args.calibration_images if args.int8 else None),
         )
         self.threshold = args.threshold
         self.output_dir = Path(config.train.output_dir) / "demo"
@@ -234,7 +234,7 @@ def run_video(detector: Detector, source: str, output: Path, display: bool) -> f
 def main(args: argparse.Namespace) -> int:
     setup_logging(is_main=True)
     detector = Detector(args)
-    output = args.output
+    output = args.out
     if output is None and not args.show:
         output = detector.output_dir
     if output is not None:

@@ -1,6 +1,6 @@
 """Network slimming, stage 2: remove the channels with the smallest BatchNorm scales.
 
-    python train.py --config configs/quickstart_shapes.yaml train.sparsity=1e-3 \\
+    python train.py --config configs/quickstart_shapes.yaml train.sparsity=1e-2 \\
         train.output_dir=runs/slim_sparsity                                   # stage 1
     python prune.py --checkpoint runs/slim_sparsity/best.pt --ratio 0.5 \\
         --out runs/slim_sparsity/pruned.pt --benchmark                       # stage 2
@@ -26,32 +26,37 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.inference import InferencePipeline, SpeedOptions, prepare_for_inference
-from engine.loading import load_trained_model
-from models.build import build_postprocessor, count_flops, count_parameters, read_widths_file
+from engine.inference import SpeedOptions, build_pipeline, prepare_for_inference
+from engine.loading import load_model
+from engine.speed import PipelineRunner, measure
+from models.counting import count_flops, count_parameters
 from models.detector import SingleShotDetector
 from models.pruning import (
     channel_groups,
     global_threshold,
     prune_channels,
+    read_widths_file,
     select_channels,
     select_to_widths,
 )
 from utils.checkpoint import make_checkpoint, save_checkpoint
-from utils.cli import add_checkpoint_argument, add_config_arguments, run_command
+from utils.cli import (
+    add_channels_last_argument,
+    add_checkpoint_argument,
+    add_repeats_argument,
+    run_command,
+    script_parser,
+)
+from utils.config import Config
 from utils.log import setup_logging
-from utils.timing import median_ms, time_interleaved
 
 logger = logging.getLogger("prune")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Prune the channels of a BatchNorm detector with the smallest scales.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__,
+    parser = script_parser(
+        "Prune the channels of a BatchNorm detector with the smallest scales.", __doc__, config=True
     )
-    add_config_arguments(parser)
     add_checkpoint_argument(
         parser, required=True, help="the trained (ideally sparsity-trained) checkpoint to prune"
     )
@@ -100,14 +105,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also time batch-1 inference of the model before and after pruning (and "
         "with BatchNorm folded), interleaved in this process",
     )
-    parser.add_argument(
-        "--repeats", type=int, default=50, help="timed calls per model for --benchmark"
-    )
-    parser.add_argument(
-        "--channels-last",
-        action="store_true",
-        help="time --benchmark with NHWC activations (faster on CPUs with oneDNN)",
-    )
+    add_repeats_argument(parser, default=50, what="calls per model for --benchmark")
+    add_channels_last_argument(parser)
     parser.add_argument(
         "--show-layers", action="store_true", help="print every layer's width before and after"
     )
@@ -131,37 +130,30 @@ def describe(model: SingleShotDetector, image_size: int) -> dict[str, float]:
 
 def benchmark(
     models: dict[str, SingleShotDetector],
-    postprocessor: torch.nn.Module,
-    image_size: int,
+    config: Config,
     repeats: int,
     options: SpeedOptions,
 ) -> dict[str, dict[str, float]]:
-    """Batch-1 forward and forward + post-processing latency (median ms) of each model
-    through the inference pipeline with ``options``, all timed in one interleaved loop
-    so that they share the machine's noise."""
+    """Batch-1 forward and whole-call latency (median ms; the call adds preprocessing
+    and post-processing) of each model through the inference pipeline with
+    ``options``, timed by benchmark.py's harness (:func:`engine.speed.measure`): the
+    models' calls interleaved, so that they share the machine's noise."""
+    image_size = config.model.image_size
     image = np.random.default_rng(0).integers(0, 256, (image_size, image_size, 3), np.uint8)
-    sizes = [image.shape[:2]]
-    functions = {}
-    for name, model in models.items():
-        pipeline = InferencePipeline(
-            model,
-            postprocessor,
-            image_size=image_size,
-            device=torch.device("cpu"),
-            options=options,
+    cpu = torch.device("cpu")
+    runners = [
+        PipelineRunner(
+            name,
+            build_pipeline(model, config, backend="torch", device=cpu, options=options),
+            config.model.num_classes,
         )
-        batch = pipeline.preprocess([image])
-        functions[f"{name}/forward_ms"] = lambda p=pipeline, b=batch: p.forward(b)
-        functions[f"{name}/end_to_end_ms"] = lambda p=pipeline, b=batch: p.postprocess(
-            p.forward(b), sizes
-        )
-    with torch.inference_mode():
-        times = time_interleaved(functions, device=torch.device("cpu"), warmup=5, repeats=repeats)
-    results: dict[str, dict[str, float]] = {name: {} for name in models}
-    for key, seconds in times.items():
-        name, measure = key.split("/")
-        results[name][measure] = median_ms(seconds)
-    return results
+        for name, model in models.items()
+    ]
+    rows = measure(runners, [image], warmup=5, repeats=repeats)
+    return {
+        name: {"forward_ms": row["forward_ms"], "total_ms": row["total_ms"]}
+        for name, row in rows.items()
+    }
 
 
 # Pruned channels whose |gamma| reaches this fraction of the kept channels' median carry
@@ -196,7 +188,7 @@ def report_sparsity(scores: torch.Tensor, threshold: float, ratio: float) -> boo
 
 def main(args: argparse.Namespace) -> int:
     setup_logging(is_main=True)
-    config, model, checkpoint = load_trained_model(args.config, args.overrides, args.checkpoint)
+    config, model, checkpoint = load_model(args.config, args.overrides, args.checkpoint)
     model.eval()
     image_size = config.model.image_size
     original = copy.deepcopy(model) if args.benchmark else None
@@ -263,8 +255,7 @@ def main(args: argparse.Namespace) -> int:
         folded = prepare_for_inference(copy.deepcopy(model), SpeedOptions(fold_bn=True))
         timings = benchmark(
             {"unpruned": original, "pruned": model, "pruned+folded": folded},
-            build_postprocessor(config, model.priors_cxcywh),
-            image_size,
+            config,
             args.repeats,
             SpeedOptions(channels_last=args.channels_last, inference_mode=True),
         )
@@ -274,13 +265,13 @@ def main(args: argparse.Namespace) -> int:
             f"batch-1 CPU latency ({torch.get_num_threads()} threads, {layout}, "
             f"median of {args.repeats})"
         )
-        print(f"{'':<15}{'forward ms':>12}{'speed-up':>10}{'+post ms':>10}{'speed-up':>10}")
+        print(f"{'':<15}{'forward ms':>12}{'speed-up':>10}{'total ms':>10}{'speed-up':>10}")
         for name, timing in timings.items():
             print(
                 f"{name:<15}{timing['forward_ms']:>12.2f}"
                 f"{reference['forward_ms'] / timing['forward_ms']:>9.2f}x"
-                f"{timing['end_to_end_ms']:>10.2f}"
-                f"{reference['end_to_end_ms'] / timing['end_to_end_ms']:>9.2f}x"
+                f"{timing['total_ms']:>10.2f}"
+                f"{reference['total_ms'] / timing['total_ms']:>9.2f}x"
             )
     return 0
 

@@ -5,12 +5,12 @@
     python test.py --config configs/fssd300_voc.yaml --checkpoint FSSD_VGG16_VOC.pth
     python test.py --config configs/fssd300_voc.yaml --eval-only runs/fssd300_voc/eval
 
-The results directory (``--results-dir``, default ``train.output_dir/eval``) receives the
+The results directory (``--out``, default ``train.output_dir/eval``) receives the
 VOC devkit files ``comp4_det_test_<class>.txt`` (``image_id score x1 y1 x2 y2``, 1-based
 pixels), ``detections_coco.json`` for the COCO metric, ``metrics.json`` and
 ``pr_curves.png`` (every class's precision/recall curve). ``--eval-only`` scores such a
-directory without a model, and without loading torch; ``--profile`` prints the seconds
-each stage took.
+directory without a model, and without loading torch (its metrics and plot go to
+``--out`` when given, else into it); ``--profile`` prints the seconds each stage took.
 """
 
 from __future__ import annotations
@@ -28,10 +28,12 @@ from engine.evaluation import Evaluator, plot_pr_curves, write_metrics
 from utils.checkpoint import config_and_checkpoint
 from utils.cli import (
     add_backend_arguments,
-    add_config_arguments,
     add_device_argument,
+    add_out_argument,
     add_speed_arguments,
     run_command,
+    script_parser,
+    speed_flags,
 )
 from utils.config import Config, ConfigError
 from utils.log import setup_logging
@@ -41,12 +43,9 @@ logger = logging.getLogger("test")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Evaluate a detector on the validation sets of its config.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__,
+    parser = script_parser(
+        "Evaluate a detector on the validation sets of its config.", __doc__, config=True
     )
-    add_config_arguments(parser)
     parser.add_argument(
         "--checkpoint",
         type=Path,
@@ -61,11 +60,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="DIR",
         help="score an existing results directory without a model (fssd.pytorch's --retest)",
     )
-    parser.add_argument(
-        "--results-dir",
-        type=Path,
-        default=None,
+    add_out_argument(
+        parser,
         help="where results, metrics.json and plots go (default: train.output_dir/eval)",
+        aliases=("--results-dir",),
     )
     parser.add_argument("--no-plots", action="store_true", help="skip the precision/recall plot")
     parser.add_argument(
@@ -104,28 +102,23 @@ def run_model(
 ) -> tuple[list[dict[str, Any] | None], dict[str, Any]]:
     """Detections (per record, pixels) of the model and its speed."""
     from data.loader import build_dataset, build_eval_loader
-    from engine.export import build_pipeline
-    from engine.inference import predict, speed_options
-    from engine.loading import build_trained_model
+    from engine.inference import SpeedOptions, build_pipeline, predict
+    from engine.loading import build_detector
     from engine.quantize import int8_calibration
-    from models.build import build_model
     from utils.device import choose_device
 
     if args.checkpoint is None and not config.model.weights:
         raise ConfigError("give --checkpoint (or model.weights) to evaluate a model")
     device = choose_device(args.device, origin="--device")
-    if args.checkpoint is not None:
-        model = build_trained_model(config, args.checkpoint, checkpoint)
-    else:
-        model = build_model(config)
+    model = build_detector(config, checkpoint=checkpoint, weights=args.checkpoint, pretrained=True)
     pipeline = build_pipeline(
         model,
         config,
         backend=args.backend,
         device=device,
-        options=speed_options(args, inference_mode=True),
+        options=SpeedOptions(**speed_flags(args), inference_mode=True),
         onnx_path=args.onnx,
-        calibration=int8_calibration(args, config),
+        calibration=int8_calibration(config, args.calibration_images if args.int8 else None),
     )
     dataset = build_dataset(config, "val", class_names, records)
     detections, timing = predict(pipeline, build_eval_loader(dataset, config))
@@ -145,8 +138,11 @@ def main(args: argparse.Namespace) -> int:
     with timer.stage("annotations"):
         class_names = resolve_class_names(config)
         records = read_records(config, "val", class_names)
-    results_dir = args.eval_only or args.results_dir or Path(config.train.output_dir) / "eval"
-    results_dir.mkdir(parents=True, exist_ok=True)
+    # Results files are read from --eval-only's directory, else written to --out; the
+    # metrics and the plot go to --out when given, else beside the results files.
+    results_dir = args.eval_only or args.out or Path(config.train.output_dir) / "eval"
+    out_dir = args.out or results_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
     with timer.stage("ground truth"):
         evaluator = Evaluator.from_config(config, records, class_names)
 
@@ -171,12 +167,13 @@ def main(args: argparse.Namespace) -> int:
             f"ms/image, {speed['fps']:.1f} FPS"
         )
     with timer.stage("metrics.json"):
-        path = write_metrics(result, results_dir)
+        path = write_metrics(result, out_dir)
     # The plot comes after the numbers are out, so a user sees them first.
     if "curves" in result and not args.no_plots:
         with timer.stage("PR plot"):
-            plot_pr_curves(result["curves"], results_dir)
-    print(f"results and metrics in {results_dir} ({path.name})")
+            plot_pr_curves(result["curves"], out_dir)
+    where = str(results_dir) if out_dir == results_dir else f"{results_dir}, metrics in {out_dir}"
+    print(f"results and metrics in {where} ({path.name})")
     if args.profile:
         started = seconds_since_process_start()
         if started is not None:

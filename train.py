@@ -2,7 +2,7 @@
 
     python train.py --config configs/quickstart_shapes.yaml [section.key=value ...]
     torchrun --nproc_per_node 4 train.py --config configs/fssd300_voc.yaml
-    python train.py --resume runs/quickstart/last.pt
+    python train.py --resume runs/quickstart_shapes/last.pt
     python train.py --config configs/quickstart_shapes.yaml --init pruned.pt   # fine-tune
 
 Everything goes into ``train.output_dir``: the resolved ``config.yaml``, ``last.pt``
@@ -23,9 +23,12 @@ import torch
 
 from engine.trainer import TrainingRun
 from engine.training import StopRequest
-from utils.checkpoint import load_checkpoint
-from utils.cli import add_config_arguments, run_command
-from utils.config import Config, ConfigError, apply_override, config_from_dict, load_config
+from utils.checkpoint import checkpoint_config, load_checkpoint
+from utils.cli import (
+    run_command,
+    script_parser,
+)
+from utils.config import Config, ConfigError, load_config
 from utils.device import choose_device
 from utils.distributed import cleanup, init_distributed
 from utils.log import setup_logging
@@ -34,12 +37,9 @@ logger = logging.getLogger("train")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Train an FSSD/SSD detector from a config (see configs/).",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__,
+    parser = script_parser(
+        "Train an FSSD/SSD detector from a config (see configs/).", __doc__, config=True
     )
-    add_config_arguments(parser)
     parser.add_argument(
         "--resume",
         nargs="?",
@@ -88,9 +88,7 @@ def resolve_config(args: argparse.Namespace) -> tuple[Config, dict[str, Any] | N
                 )
             path = Path(args.resume)
         checkpoint = load_checkpoint(path)
-        config = config_from_dict(checkpoint["config"], source=str(path))
-        for override in args.overrides:
-            config = apply_override(config, override)
+        config = checkpoint_config(checkpoint, args.overrides, source=path)
     return config, checkpoint
 
 

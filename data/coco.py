@@ -12,6 +12,7 @@ import numpy as np
 from pycocotools.coco import COCO
 
 from data.records import AnnotationRecord, ProblemReport, clean_boxes
+from utils.boxes import xywh_to_xyxy
 
 logger = logging.getLogger(__name__)
 
@@ -75,17 +76,17 @@ def read_coco(
     for image_id in sorted(coco.imgs):
         info = coco.imgs[image_id]
         width, height = int(info["width"]), int(info["height"])
-        boxes, labels = [], []
+        boxes, labels, box_names = [], [], []
         for annotation in coco.imgToAnns.get(image_id, []):
-            x, y, w, h = annotation["bbox"]
-            box = [x, y, x + w, y + h]
             if annotation.get("iscrowd", 0) or annotation["category_id"] not in label_of_category:
                 continue
-            boxes.append(box)
+            boxes.append(annotation["bbox"])
             labels.append(label_of_category[annotation["category_id"]])
-        boxes_array = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+            box_names.append(f"annotation {annotation['id']}")
+        boxes_array = xywh_to_xyxy(np.asarray(boxes, dtype=np.float64).reshape(-1, 4))
+        boxes_array = boxes_array.astype(np.float32)
         source = f"{annotation_file} (image {image_id}, {info['file_name']})"
-        keep = clean_boxes(boxes_array, width, height, source, problems)
+        keep = clean_boxes(boxes_array, width, height, source, problems, box_names)
         if not keep.any() and not keep_empty:
             empty += 1
             continue

@@ -95,8 +95,8 @@ class ProblemReport:
 
 def problem_kind(problem: str) -> str:
     """A problem without its numbers, bracketed boxes and quoted names, so the same
-    problem in many files is one kind: ``"box 3 [1, 2, 0, 5] is inverted or empty; left
-    out"`` -> ``"box N [...] is inverted or empty; left out"``."""
+    problem in many files is one kind: ``"object 3 [1, 2, 0, 5] is inverted or empty; left
+    out"`` -> ``"object N [...] is inverted or empty; left out"``."""
     problem = re.sub(r"\[[^\]]*\]", "[...]", problem)
     problem = re.sub(r"'[^']*'( \(\d+\))?(, '[^']*'( \(\d+\))?)*", "'...'", problem)
     problem = re.sub(r"\([^)]*\)", "(...)", problem)
@@ -109,17 +109,20 @@ def clean_boxes(
     height: int,
     source: str,
     problems: ProblemReport,
+    box_names: Sequence[str],
 ) -> np.ndarray:
     """Boolean mask of usable boxes; boxes outside the image are clipped in place.
 
     Inverted or empty boxes are reported and masked out; boxes reaching outside the
-    image are reported and clipped to it.
+    image are reported and clipped to it. ``box_names`` name each box as its file does
+    (``object 3`` of a VOC XML, ``annotation 17`` of a COCO file), so that a report
+    points at the right entry when others were dropped before.
     """
     keep = np.ones(len(boxes), dtype=bool)
-    for index, box in enumerate(boxes):
+    for index, (box, name) in enumerate(zip(boxes, box_names, strict=True)):
         x1, y1, x2, y2 = box
         if x2 <= x1 or y2 <= y1:
-            problems.report(source, f"box {index} {_fmt(box)} is inverted or empty; left out")
+            problems.report(source, f"{name} {_fmt(box)} is inverted or empty; left out")
             keep[index] = False
             continue
         if x1 < 0 or y1 < 0 or x2 > width or y2 > height:
@@ -129,13 +132,13 @@ def clean_boxes(
             if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
                 problems.report(
                     source,
-                    f"box {index} {_fmt(box)} lies outside the {width}x{height} image; left out",
+                    f"{name} {_fmt(box)} lies outside the {width}x{height} image; left out",
                 )
                 keep[index] = False
                 continue
             problems.report(
                 source,
-                f"box {index} {_fmt(box)} reaches outside the {width}x{height} image; "
+                f"{name} {_fmt(box)} reaches outside the {width}x{height} image; "
                 f"clipped to {_fmt(clipped)}",
             )
             boxes[index] = clipped

@@ -5,6 +5,7 @@ results files (``test.py --eval-only``) starts without loading torch."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from data.coco import coco_class_names, coco_set_paths, load_coco, read_coco
@@ -25,6 +26,45 @@ logger = logging.getLogger(__name__)
 
 class DataError(UserError, RuntimeError):
     """A dataset that cannot be read as configured; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class SetFiles:
+    """One set a config names (``data.train_sets`` / ``data.val_sets``), resolved to its
+    files: a VOC-format set (``folder`` with ``Annotations/``, ``JPEGImages/`` and the
+    ``ImageSets/Main/<split>.txt`` list, or ``all``) or a COCO one (``annotation_file``
+    and the image ``folder``)."""
+
+    name: str
+    folder: Path
+    split: str | None = None
+    annotation_file: Path | None = None
+
+    @property
+    def is_coco(self) -> bool:
+        return self.annotation_file is not None
+
+
+def resolve_set(config: Config, set_name: str) -> SetFiles:
+    """Where the set ``set_name`` of the config's dataset lives: the one place that maps
+    a set name to files (VOC ``<year>/<split>`` under a VOCdevkit, COCO
+    ``<annotation file>[:<image folder>]``, a split list of a custom or shapes folder).
+
+    Raises:
+        DataError: the VOC year folder or the COCO annotation file is not there.
+    """
+    data = config.data
+    root = Path(data.root)
+    try:
+        if data.dataset == "voc":
+            folder, split = voc_year_folder(root, set_name)
+            return SetFiles(set_name, folder, split=split)
+        if data.dataset == "coco":
+            annotation_file, image_dir = coco_set_paths(root, set_name)
+            return SetFiles(set_name, image_dir, annotation_file=annotation_file)
+    except (FileNotFoundError, ValueError) as error:
+        raise DataError(str(error)) from error
+    return SetFiles(set_name, root, split=set_name)
 
 
 def prepare_data(config: Config) -> None:
@@ -58,7 +98,7 @@ def resolve_class_names(config: Config) -> list[str]:
     elif data.dataset == "voc":
         names = list(VOC_CLASSES)
     elif data.dataset == "coco":
-        annotation_file, _ = coco_set_paths(root, data.train_sets[0])
+        annotation_file = resolve_set(config, data.train_sets[0]).annotation_file
         try:
             names = coco_class_names(load_coco(annotation_file))
         except (FileNotFoundError, ValueError) as error:
@@ -66,8 +106,8 @@ def resolve_class_names(config: Config) -> list[str]:
     else:
         files = [
             path
-            for split in [*data.train_sets, *data.val_sets]
-            for path in _custom_annotation_files(root, split)
+            for set_name in [*data.train_sets, *data.val_sets]
+            for path in _annotation_files(resolve_set(config, set_name))
         ]
         names = discover_class_names(files)
         if not names:
@@ -82,9 +122,9 @@ def resolve_class_names(config: Config) -> list[str]:
     return names
 
 
-def _custom_annotation_files(root: Path, split: str) -> list[Path]:
+def _annotation_files(files: SetFiles) -> list[Path]:
     try:
-        return annotation_files(root, split)
+        return annotation_files(files.folder, files.split)
     except FileNotFoundError as error:
         raise DataError(str(error)) from error
 
@@ -106,17 +146,18 @@ def read_records(
         problems = ProblemReport(data.on_bad_sample)
     records: list[AnnotationRecord] = []
     for set_name in sets:
+        files = resolve_set(config, set_name)
         try:
-            if data.dataset == "voc":
-                folder, voc_split = voc_year_folder(root, set_name)
-                records += read_voc_format(folder, voc_split, class_names, problems)
-            elif data.dataset == "coco":
-                annotation_file, image_dir = coco_set_paths(root, set_name)
+            if files.is_coco:
                 records += read_coco(
-                    annotation_file, image_dir, class_names, problems, keep_empty=split != "train"
+                    files.annotation_file,
+                    files.folder,
+                    class_names,
+                    problems,
+                    keep_empty=split != "train",
                 )
             else:
-                records += read_voc_format(root, set_name, class_names, problems)
+                records += read_voc_format(files.folder, files.split, class_names, problems)
         except (FileNotFoundError, ValueError) as error:
             raise DataError(str(error)) from error
     problems.summarize(f"{data.dataset} {split} sets {sets}")
@@ -127,7 +168,4 @@ def read_records(
 
 def val_annotation_file(config: Config) -> Path | None:
     """The COCO annotation file of the (first) validation set; None for other datasets."""
-    if config.data.dataset != "coco":
-        return None
-    annotation_file, _ = coco_set_paths(Path(config.data.root), config.data.val_sets[0])
-    return annotation_file
+    return resolve_set(config, config.data.val_sets[0]).annotation_file

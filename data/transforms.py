@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from utils.boxes import box_iou_np
 from utils.pixels import MEAN_FILL_RGB
 
 
@@ -25,12 +26,30 @@ def _keep_valid(
     return boxes[keep], labels[keep]
 
 
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+    """An ``[H, W, 3]`` image as the network sees it: ``[S, S, 3]``, bilinear, the
+    aspect ratio not kept (SSD's input). Evaluation, inference, calibration and the
+    tools all resize through here."""
+    return cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
+
+
+def resize_batch(
+    images: Sequence[np.ndarray], size: int, *, channels_first: bool = False
+) -> np.ndarray:
+    """RGB ``uint8`` images of any sizes as one network input: ``[B, S, S, 3]``, or
+    ``[B, 3, S, S]`` (contiguous) with ``channels_first`` (an ONNX graph's input)."""
+    batch = np.empty((len(images), size, size, 3), dtype=np.uint8)
+    for index, image in enumerate(images):
+        batch[index] = resize_image(image, size)
+    return np.ascontiguousarray(batch.transpose(0, 3, 1, 2)) if channels_first else batch
+
+
 def resize_to_model(
     image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, size: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Resize to ``size x size``; boxes normalised by the image size and clipped."""
     height, width = image.shape[:2]
-    resized = cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
+    resized = resize_image(image, size)
     scale = np.array([width, height, width, height], dtype=np.float32)
     normalised = np.clip(boxes.astype(np.float32) / scale, 0.0, 1.0)
     # Boxes under a tenth of a model pixel carry nothing learnable.
@@ -223,7 +242,7 @@ class SSDAugmentation:
             rect = np.round(rect)
             if rect[2] - rect[0] < 1 or rect[3] - rect[1] < 1:
                 continue
-            if min_iou is not None and _iou_with(boxes, rect).max() < min_iou:
+            if min_iou is not None and box_iou_np(boxes, rect).max() < min_iou:
                 continue
             centres = (boxes[:, :2] + boxes[:, 2:]) / 2
             inside = (
@@ -336,13 +355,3 @@ def _to_uint8(values: np.ndarray) -> np.ndarray:
     """Values rounded to the nearest level and saturated to 0..255 (OpenCV's
     ``saturate_cast``)."""
     return np.clip(np.rint(values), 0, 255).astype(np.uint8)
-
-
-def _iou_with(boxes: np.ndarray, rect: np.ndarray) -> np.ndarray:
-    """IoU of each box ``[G, 4]`` with one rectangle ``[4]``."""
-    top_left = np.maximum(boxes[:, :2], rect[:2])
-    bottom_right = np.minimum(boxes[:, 2:], rect[2:])
-    inter = np.clip(bottom_right - top_left, 0, None).prod(axis=1)
-    areas = (boxes[:, 2:] - boxes[:, :2]).prod(axis=1)
-    rect_area = (rect[2:] - rect[:2]).prod()
-    return inter / (areas + rect_area - inter)

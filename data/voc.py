@@ -119,7 +119,7 @@ def parse_annotation(
             problems.report(image_path, "unreadable or corrupt image")
             return None
     label_of = {name: label for label, name in enumerate(class_names, start=1)}
-    boxes, labels, difficult = [], [], []
+    boxes, labels, difficult, box_names = [], [], [], []
     unknown: dict[str, int] = {}
     for index, item in enumerate(content["objects"]):
         if item["name"] not in label_of:
@@ -137,6 +137,7 @@ def parse_annotation(
         boxes.append([xmin - 1, ymin - 1, xmax, ymax])
         labels.append(label_of[item["name"]])
         difficult.append(item["difficult"])
+        box_names.append(f"object {index}")
     if unknown:
         names = ", ".join(f"'{name}' ({count})" for name, count in sorted(unknown.items()))
         problems.report(
@@ -145,7 +146,7 @@ def parse_annotation(
             f"classes: {', '.join(class_names)}",
         )
     boxes_array = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-    keep = clean_boxes(boxes_array, width, height, str(path), problems)
+    keep = clean_boxes(boxes_array, width, height, str(path), problems, box_names)
     if not keep.any():
         problems.report(path, "no objects to train on; image left out")
         return None

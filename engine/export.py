@@ -15,11 +15,8 @@ the lower prior, then the lower class, as in PyTorch. The optional packages ``on
 
 from __future__ import annotations
 
-import atexit
 import logging
-import shutil
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,18 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from engine.inference import (
-    DetectorPipeline,
-    InferencePipeline,
-    OnnxRuntimePipeline,
-    SpeedOptions,
-    prepare_for_inference,
-)
 from layers.box_coding import decode
-from models.build import build_postprocessor
 from models.detector import SingleShotDetector
 from utils.config import Config, ConfigError
-from utils.device import DeviceError
 
 if TYPE_CHECKING:
     import onnx
@@ -102,15 +90,6 @@ def export_onnx(
     )
     program.save(str(path))
     return path
-
-
-def onnxruntime_outputs(path: str | Path, images: Tensor) -> list[Tensor]:
-    """Run an exported model with onnxruntime on the CPU."""
-    import onnxruntime
-
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    outputs = session.run(None, {"images": images.numpy()})
-    return [torch.from_numpy(output) for output in outputs]
 
 
 def postprocess_graph(
@@ -351,63 +330,3 @@ def export_detector(model: SingleShotDetector, config: Config, path: str | Path)
         nms_iou_threshold=post.nms_iou_threshold,
         max_detections=post.max_detections,
     )
-
-
-def end_to_end_pipeline(
-    model: SingleShotDetector,
-    config: Config,
-    *,
-    onnx_path: str | Path | None = None,
-    calibration: Callable[[], list[np.ndarray]] | None = None,
-    threads: int | None = None,
-) -> OnnxRuntimePipeline:
-    """The ONNX Runtime pipeline of ``model``: from ``onnx_path`` when given (an
-    end-to-end export of it), else exported now with the config's post-processing
-    into a temporary folder removed at exit. With ``calibration`` (a function giving
-    the calibration batches) the graph is quantized to int8 first
-    (:mod:`engine.quantize`)."""
-    if onnx_path is None or calibration is not None:
-        folder = Path(tempfile.mkdtemp(prefix="fssd_onnx_"))
-        atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    if onnx_path is None:
-        onnx_path = export_detector(model.eval(), config, folder / "detector.onnx")
-        logger.info("exported the detector end to end to %s", onnx_path)
-    if calibration is not None:
-        from engine.quantize import quantize_end_to_end
-
-        onnx_path = quantize_end_to_end(onnx_path, folder / "detector_int8.onnx", calibration())
-    return OnnxRuntimePipeline(
-        onnx_path, image_size=config.model.image_size, model=model, threads=threads
-    )
-
-
-def build_pipeline(
-    model: SingleShotDetector,
-    config: Config,
-    *,
-    backend: str,
-    device: torch.device,
-    options: SpeedOptions,
-    onnx_path: str | Path | None = None,
-    calibration: Callable[[], list[np.ndarray]] | None = None,
-) -> DetectorPipeline:
-    """The pipeline a script runs: PyTorch's with ``options`` on ``device``, or
-    (``backend="onnxruntime"``) the end-to-end ONNX graph in ONNX Runtime on the CPU,
-    exported from ``model`` after BatchNorm folding when ``options.fold_bn``, and
-    quantized to int8 with ``calibration``."""
-    if backend == "torch":
-        if calibration is not None:
-            raise ConfigError("--int8 runs in ONNX Runtime: add --backend onnxruntime")
-        return InferencePipeline(
-            model,
-            build_postprocessor(config, model.priors_cxcywh),
-            image_size=config.model.image_size,
-            device=device,
-            options=options,
-        )
-    if backend != "onnxruntime":
-        raise ValueError(f"unknown backend {backend!r}: torch or onnxruntime")
-    if device.type != "cpu":
-        raise DeviceError(f"--backend onnxruntime runs on the CPU; the device is {device}")
-    model = prepare_for_inference(model, SpeedOptions(fold_bn=options.fold_bn))
-    return end_to_end_pipeline(model, config, onnx_path=onnx_path, calibration=calibration)

@@ -24,24 +24,29 @@ and prune.py's timing all run it.
 from __future__ import annotations
 
 import abc
-import argparse
+import atexit
 import dataclasses
 import logging
+import shutil
+import tempfile
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from data.transforms import resize_batch
+from models.build import build_postprocessor
+from models.detector import SingleShotDetector
 from models.folding import fold_batchnorm
-from utils.device import AmpChoice, DeviceError, autocast_context, resolve_precision
+from utils.config import Config, ConfigError
+from utils.device import AmpChoice, Backend, DeviceError, autocast_context, resolve_precision
 from utils.log import progress_bar
 from utils.timing import synchronize
 
@@ -58,17 +63,6 @@ class SpeedOptions:
     compile: bool = False
     autocast: AmpChoice = "none"
     cuda_graphs: bool = False
-
-
-def speed_options(args: argparse.Namespace, **fixed: object) -> SpeedOptions:
-    """The options the speed flags of :func:`utils.cli.add_speed_arguments` select;
-    ``fixed`` sets the others (e.g. ``inference_mode=True``)."""
-    flags = {
-        field.name: getattr(args, field.name)
-        for field in dataclasses.fields(SpeedOptions)
-        if hasattr(args, field.name)
-    }
-    return SpeedOptions(**{**flags, **fixed})
 
 
 def grad_mode(options: SpeedOptions) -> AbstractContextManager:
@@ -219,10 +213,7 @@ class DetectorPipeline(abc.ABC):
 
     def preprocess(self, images: Sequence[np.ndarray]) -> Tensor:
         """``[B, 3, S, S]`` uint8 on the device, from RGB ``[H, W, 3]`` uint8 images."""
-        size = self.image_size
-        batch = np.empty((len(images), size, size, 3), dtype=np.uint8)
-        for index, image in enumerate(images):
-            batch[index] = cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
+        batch = resize_batch(images, self.image_size)
         tensor = torch.from_numpy(batch).to(self.device, non_blocking=True)  # [B, S, S, 3]
         tensor = tensor.permute(0, 3, 1, 2)  # [B, 3, S, S], an NHWC view
         if not self.options.channels_last:
@@ -311,6 +302,29 @@ class InferencePipeline(DetectorPipeline):
         return to_pixels(self.postprocessor(*outputs), sizes)
 
 
+def onnx_session(path: str | Path, *, threads: int | None = None, spinning: bool = True) -> Any:
+    """An ONNX Runtime session of ``path`` on the CPU (``threads``: intra-op threads,
+    None for its default; ``spinning``: see :class:`OnnxRuntimePipeline`)."""
+    import onnxruntime
+
+    session_options = onnxruntime.SessionOptions()
+    if threads is not None:
+        session_options.intra_op_num_threads = threads
+    if not spinning:
+        session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        session_options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return onnxruntime.InferenceSession(
+        str(path), session_options, providers=["CPUExecutionProvider"]
+    )
+
+
+def run_onnx(path: str | Path, images: Tensor) -> list[Tensor]:
+    """The outputs of any exported graph (network only, decoded, or end to end) for
+    one ``images`` input, run by ONNX Runtime on the CPU."""
+    outputs = onnx_session(path).run(None, {"images": images.cpu().numpy()})
+    return [torch.from_numpy(output) for output in outputs]
+
+
 class OnnxRuntimePipeline(DetectorPipeline):
     """The end-to-end ONNX detector (:func:`engine.export.export_end_to_end`: network and
     post-processing in one graph) run by ONNX Runtime on the CPU.
@@ -335,17 +349,7 @@ class OnnxRuntimePipeline(DetectorPipeline):
         threads: int | None = None,
         spinning: bool = True,
     ) -> None:
-        import onnxruntime
-
-        session_options = onnxruntime.SessionOptions()
-        if threads is not None:
-            session_options.intra_op_num_threads = threads
-        if not spinning:
-            session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            session_options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        self.session = onnxruntime.InferenceSession(
-            str(path), session_options, providers=["CPUExecutionProvider"]
-        )
+        self.session = onnx_session(path, threads=threads, spinning=spinning)
         self.path = Path(path)
         self.threads = threads
         self.spinning = spinning
@@ -385,6 +389,73 @@ class OnnxRuntimePipeline(DetectorPipeline):
                 }
             )
         return results
+
+
+def _onnxruntime_pipeline(
+    model: SingleShotDetector,
+    config: Config,
+    *,
+    onnx_path: str | Path | None = None,
+    calibration: Callable[[], list[np.ndarray]] | None = None,
+    threads: int | None = None,
+) -> OnnxRuntimePipeline:
+    """The ONNX Runtime pipeline of ``model``: from ``onnx_path`` when given (an
+    end-to-end export of it), else exported now with the config's post-processing
+    into a temporary folder removed at exit. With ``calibration`` (a function giving
+    the calibration batches) the graph is quantized to int8 first
+    (:mod:`engine.quantize`)."""
+    if onnx_path is None or calibration is not None:
+        folder = Path(tempfile.mkdtemp(prefix="fssd_onnx_"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    from engine.export import export_detector
+
+    if onnx_path is None:
+        onnx_path = export_detector(model.eval(), config, folder / "detector.onnx")
+        logger.info("exported the detector end to end to %s", onnx_path)
+    if calibration is not None:
+        from engine.quantize import quantize_end_to_end
+
+        onnx_path = quantize_end_to_end(onnx_path, folder / "detector_int8.onnx", calibration())
+    return OnnxRuntimePipeline(
+        onnx_path, image_size=config.model.image_size, model=model, threads=threads
+    )
+
+
+def build_pipeline(
+    model: SingleShotDetector,
+    config: Config,
+    *,
+    backend: Backend,
+    device: torch.device,
+    options: SpeedOptions,
+    onnx_path: str | Path | None = None,
+    calibration: Callable[[], list[np.ndarray]] | None = None,
+) -> DetectorPipeline:
+    """The pipeline a script runs: PyTorch's with ``options`` on ``device``, or
+    (``backend="onnxruntime"``) the end-to-end ONNX graph in ONNX Runtime on the CPU
+    (whatever ``device`` is: it says so when that is a GPU),
+    exported from ``model`` after BatchNorm folding when ``options.fold_bn``, and
+    quantized to int8 with ``calibration``."""
+    if backend == "torch":
+        if calibration is not None:
+            raise ConfigError("--int8 runs in ONNX Runtime: add --backend onnxruntime")
+        return InferencePipeline(
+            model,
+            build_postprocessor(config, model.priors_cxcywh),
+            image_size=config.model.image_size,
+            device=device,
+            options=options,
+        )
+    if backend != "onnxruntime":
+        raise ValueError(f"unknown backend {backend!r}: torch or onnxruntime")
+    if device.type != "cpu":
+        logger.warning(
+            "ONNX Runtime runs here with its CPU provider: the detector runs on the CPU, "
+            "not on %s (--backend torch runs on the GPU)",
+            device,
+        )
+    model = prepare_for_inference(model, SpeedOptions(fold_bn=options.fold_bn))
+    return _onnxruntime_pipeline(model, config, onnx_path=onnx_path, calibration=calibration)
 
 
 @dataclasses.dataclass

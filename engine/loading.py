@@ -1,5 +1,16 @@
-"""Trained models from checkpoints: what test.py, demo.py, prune.py, benchmark.py and the
-export tool run."""
+"""The one way a script or the trainer makes a model: test.py, demo.py, prune.py,
+benchmark.py, the export tools and training all come here.
+
+Where each part comes from, in one place:
+
+- the config: ``--config`` with overrides, else the one a project checkpoint holds
+  (:func:`utils.checkpoint.config_and_checkpoint`);
+- the channel widths: the checkpoint's, else ``model.widths_file``'s, else the full
+  model (:func:`models.build.resolve_channel_widths`);
+- the weights: a weights file (this project's checkpoint or fssd.pytorch's state dict),
+  else with ``pretrained`` the config's ``model.weights`` / ``model.backbone_weights``,
+  else random.
+"""
 
 from __future__ import annotations
 
@@ -14,33 +25,43 @@ from utils.checkpoint import channel_widths, config_and_checkpoint
 from utils.config import Config, load_config
 
 
-def build_trained_model(
-    config: Config, weights: str | Path, checkpoint: Mapping[str, Any] | None
+def build_detector(
+    config: Config,
+    *,
+    checkpoint: Mapping[str, Any] | None = None,
+    weights: str | Path | None = None,
+    pretrained: bool = False,
 ) -> SingleShotDetector:
-    """The model of a checkpoint (``checkpoint`` is its contents when it is this
-    project's, carrying the widths of a pruned model) with its weights loaded from
-    ``weights`` (this project's or fssd.pytorch's format)."""
-    model = build_model(config, load_weights=False, channel_widths=channel_widths(checkpoint))
-    load_detector_weights(model, weights)
+    """The detector of ``config`` with the widths of ``checkpoint`` (a project
+    checkpoint's contents; None for none or another project's file), its weights read
+    from ``weights`` when given, else with ``pretrained`` the config's pretrained
+    weights, else random."""
+    model = build_model(
+        config,
+        load_weights=pretrained and weights is None,
+        channel_widths=channel_widths(checkpoint),
+    )
+    if weights is not None:
+        load_detector_weights(model, weights)
     return model
 
 
-def load_trained_model(
-    config_path: str | Path | None, overrides: list[str], checkpoint_path: str | Path
+def load_model(
+    config_path: str | Path | None,
+    overrides: list[str],
+    checkpoint_path: str | Path | None,
+    *,
+    pretrained: bool = False,
 ) -> tuple[Config, SingleShotDetector, dict[str, Any] | None]:
-    """The config (``config_path``'s, else the checkpoint's, with ``overrides``), the
-    checkpoint's model with its weights, and the checkpoint when it is this project's."""
-    config, checkpoint = config_and_checkpoint(config_path, overrides, checkpoint_path)
-    return config, build_trained_model(config, checkpoint_path, checkpoint), checkpoint
-
-
-def build_model_to_run(
-    config_path: str | Path | None, overrides: list[str], checkpoint_path: str | Path | None
-) -> tuple[Config, SingleShotDetector]:
-    """The config and model a timing or export tool runs: the checkpoint's (pruned
-    widths included), or without one the config's model with random weights."""
+    """The config, the model with ``checkpoint_path``'s weights and the checkpoint's
+    contents when it is this project's (None otherwise). Without a checkpoint: the
+    config of ``config_path`` (the defaults without one) and a model with the config's
+    pretrained weights when ``pretrained``, else random weights."""
     if checkpoint_path is None:
-        config = load_config(config_path, overrides)
-        return config, build_model(config, load_weights=False)
-    config, model, _ = load_trained_model(config_path, overrides, checkpoint_path)
-    return config, model
+        config, checkpoint = load_config(config_path, overrides), None
+    else:
+        config, checkpoint = config_and_checkpoint(config_path, overrides, checkpoint_path)
+    model = build_detector(
+        config, checkpoint=checkpoint, weights=checkpoint_path, pretrained=pretrained
+    )
+    return config, model, checkpoint

@@ -27,12 +27,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor
-from torchvision.ops import box_iou
 
 from data.records import AnnotationRecord
 from data.sources import prepare_data, read_records, resolve_class_names
-from layers.box_coding import cxcywh_to_xyxy
+from layers.priors import location_shapes
 from models.build import build_prior_generator, feature_map_sizes
+from utils.boxes import box_iou, box_iou_np, cxcywh_to_xyxy
 from utils.config import Config, PriorConfig
 
 # Box sizes (square root of the area, in input pixels) reported apart.
@@ -139,13 +139,22 @@ class ShapeScorer:
         centre_x, centre_y = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
         self.clip = clip
         self.grids = list(grids)
-        self.offsets = [
-            (
-                self._offset(centre_x, grid.step_x, grid.columns),
-                self._offset(centre_y, grid.step_y, grid.rows),
+        # [N, 4] per map: each box relative to the centre of its nearest prior.
+        self.relative_boxes = []
+        for grid in self.grids:
+            offset_x = self._offset(centre_x, grid.step_x, grid.columns)
+            offset_y = self._offset(centre_y, grid.step_y, grid.rows)
+            self.relative_boxes.append(
+                np.stack(
+                    [
+                        offset_x - self.width / 2,
+                        offset_y - self.height / 2,
+                        offset_x + self.width / 2,
+                        offset_y + self.height / 2,
+                    ],
+                    axis=-1,
+                )
             )
-            for grid in self.grids
-        ]
         self._cache: dict[tuple[int, float, float], np.ndarray] = {}
 
     def _offset(self, centres: np.ndarray, step: float, cells: int) -> np.ndarray:
@@ -165,12 +174,11 @@ class ShapeScorer:
         give one shape per box) at its nearest centre of map ``map_index``."""
         if self.clip:
             width, height = np.minimum(width, 1.0), np.minimum(height, 1.0)
-        offset_x, offset_y = self.offsets[map_index]
-        overlap_x = _overlap(offset_x, self.width, width)
-        overlap_y = _overlap(offset_y, self.height, height)
-        inter = overlap_x * overlap_y
-        union = self.width * self.height + width * height - inter
-        return inter / np.maximum(union, 1e-12)
+        half_width, half_height = np.asarray(width) / 2, np.asarray(height) / 2
+        prior = np.stack(
+            np.broadcast_arrays(-half_width, -half_height, half_width, half_height), axis=-1
+        )
+        return box_iou_np(self.relative_boxes[map_index], prior)
 
     def shape_iou(self, map_index: int, width: float, height: float) -> np.ndarray:
         """:meth:`iou` of one shape for every box, cached."""
@@ -178,13 +186,6 @@ class ShapeScorer:
         if key not in self._cache:
             self._cache[key] = self.iou(map_index, width, height)
         return self._cache[key]
-
-
-def _overlap(offset: np.ndarray, box: np.ndarray, prior: np.ndarray | float) -> np.ndarray:
-    """Overlap of intervals of lengths ``box`` and ``prior`` whose centres are ``offset`` apart."""
-    upper = np.minimum(offset + box / 2, np.asarray(prior) / 2)
-    lower = np.maximum(offset - box / 2, -np.asarray(prior) / 2)
-    return np.maximum(upper - lower, 0.0)
 
 
 def grid_limit(
@@ -250,28 +251,26 @@ class MapPriors:
         return 1 + (self.max_size is not None) + 2 * len(self.ratios)
 
     def shapes(self) -> list[tuple[float, float]]:
-        """(width, height) in pixels of the priors at one location, in the generator's
-        order (``layers/priors.py``)."""
-        shapes = [_square(self.min_size)]
-        if self.max_size is not None:
-            shapes.append(_second_square(self.min_size, self.max_size))
-        for ratio in self.ratios:
-            shapes += _ratio_pair(self.min_size, ratio)
-        return shapes
+        """(width, height) in pixels of the priors at one location, as the generator
+        makes them (:func:`layers.priors.location_shapes`)."""
+        return location_shapes(
+            (self.min_size, self.min_size),
+            None if self.max_size is None else (self.max_size, self.max_size),
+            self.ratios,
+        )
 
 
+# The search's single shapes, in pixels, from the one definition of a prior's shape.
 def _square(min_size: float) -> tuple[float, float]:
-    return (min_size, min_size)
+    return location_shapes((min_size, min_size), None, ())[0]
 
 
 def _second_square(min_size: float, max_size: float) -> tuple[float, float]:
-    side = math.sqrt(min_size * max_size)
-    return (side, side)
+    return location_shapes((min_size, min_size), (max_size, max_size), ())[1]
 
 
 def _ratio_pair(min_size: float, ratio: float) -> list[tuple[float, float]]:
-    root = math.sqrt(ratio)
-    return [(min_size * root, min_size / root), (min_size / root, min_size * root)]
+    return location_shapes((min_size, min_size), None, (ratio,))[1:]
 
 
 def map_settings(priors: PriorConfig) -> list[MapPriors]:

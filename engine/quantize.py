@@ -9,12 +9,10 @@ convolutions that ONNX Runtime keeps in float. The choice of backend is measured
 
 from __future__ import annotations
 
-import argparse
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from utils.config import Config
@@ -33,39 +31,39 @@ def calibration_batches(config: Config, count: int, *, batch_size: int = 8) -> l
     input, as ``uint8`` ``[B, 3, S, S]`` batches (unreadable images are skipped)."""
     from data.records import BadSampleError, read_image
     from data.sources import prepare_data, read_records, resolve_class_names
+    from data.transforms import resize_batch
 
     if count < 1:
         raise ValueError(f"--calibration-images must be at least 1, got {count}")
     prepare_data(config)
     records = read_records(config, "train", resolve_class_names(config))
-    size = config.model.image_size
-    images = []
+    batches, pending, used = [], [], 0
     for record in records:
-        if len(images) == count:
+        if used == count:
             break
         try:
-            image = read_image(record.image_path)
+            pending.append(read_image(record.image_path))
         except BadSampleError as error:
             logger.warning("%s (not used for calibration)", error)
             continue
-        images.append(cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR))
-    if len(images) < count:
-        logger.warning("calibrating on %d images: the training sets have no more", len(images))
-    stacked = np.stack(images).transpose(0, 3, 1, 2)  # [N, 3, S, S]
-    return [
-        np.ascontiguousarray(stacked[start : start + batch_size])
-        for start in range(0, len(stacked), batch_size)
-    ]
+        used += 1
+        if len(pending) == batch_size or used == count:
+            # Resized a batch at a time: full-size photos are not all held at once.
+            batches.append(resize_batch(pending, config.model.image_size, channels_first=True))
+            pending = []
+    if pending:
+        batches.append(resize_batch(pending, config.model.image_size, channels_first=True))
+    if used < count:
+        logger.warning("calibrating on %d images: the training sets have no more", used)
+    return batches
 
 
-def int8_calibration(
-    args: argparse.Namespace, config: Config
-) -> Callable[[], list[np.ndarray]] | None:
-    """What ``--int8 --calibration-images N`` ask a script for: a function giving the
-    calibration batches of the config's training set (None without ``--int8``)."""
-    if not args.int8:
+def int8_calibration(config: Config, count: int | None) -> Callable[[], list[np.ndarray]] | None:
+    """A function giving the calibration batches of ``count`` images of the config's
+    training set (``--int8 --calibration-images N``); None for ``count`` None (no int8)."""
+    if count is None:
         return None
-    return lambda: calibration_batches(config, args.calibration_images)
+    return lambda: calibration_batches(config, count)
 
 
 def quantize_end_to_end(

@@ -29,7 +29,8 @@ from engine.training import (
     TrainState,
     train_one_epoch,
 )
-from models.build import build_loss, build_model, count_flops
+from models.build import build_loss, build_model
+from models.counting import count_flops
 from utils.config import Config
 from utils.device import resolve_channels_last, resolve_precision
 from utils.distributed import DistributedContext

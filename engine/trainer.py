@@ -25,7 +25,8 @@ from data.records import BadSampleError, read_image
 from data.sources import prepare_data, resolve_class_names
 from engine.budget import FIRST_FIT_ITERATIONS, LoopTiming, TimeBudget, evaluation_points
 from engine.evaluation import Evaluator
-from engine.inference import InferencePipeline, SpeedOptions, predict
+from engine.inference import SpeedOptions, build_pipeline, predict
+from engine.loading import build_detector
 from engine.training import (
     EpochOptions,
     EpochResult,
@@ -36,15 +37,9 @@ from engine.training import (
     loader_advice,
     train_one_epoch,
 )
-from models.build import (
-    build_loss,
-    build_model,
-    build_postprocessor,
-    count_flops,
-    read_widths_file,
-)
-from models.pruning import prunable_norm_names
-from models.weights import load_detector_weights
+from models.build import build_loss
+from models.counting import count_flops
+from models.pruning import prunable_norm_names, resolve_channel_widths
 from utils.checkpoint import (
     capture_rng_state,
     channel_widths,
@@ -87,6 +82,12 @@ class TrainingRun:
         *,
         init: Path | None = None,
     ) -> None:
+        if config.train.sync_bn and context.is_distributed and device.type != "cuda":
+            raise ConfigError(
+                f"train.sync_bn: torch's SyncBatchNorm runs on GPUs only and this run trains "
+                f"on {device.type}; set train.sync_bn=false (each process then keeps its own "
+                "BatchNorm statistics, rank 0's are saved)"
+            )
         self.start_time = time.perf_counter()
         self.data_wait_checked = False
         self.last_save = self.start_time
@@ -177,14 +178,13 @@ class TrainingRun:
         post-processor and the BatchNorm layers the slimming penalty applies to."""
         config = self.config
         # Stored in every checkpoint, so that the model rebuilds without the widths file.
-        self.channel_widths = channel_widths(source) or (
-            read_widths_file(config.model.widths_file) if config.model.widths_file else {}
+        self.channel_widths = resolve_channel_widths(
+            channel_widths(source), config.model.widths_file
         )
-        self.model = build_model(
-            config, load_weights=source is None and init is None, channel_widths=self.channel_widths
+        self.model = build_detector(
+            config, checkpoint=source, weights=init, pretrained=source is None
         )
         if init is not None:
-            load_detector_weights(self.model, init)
             logger.info(
                 "initialised from %s%s", init, " (pruned widths)" if self.channel_widths else ""
             )
@@ -204,7 +204,6 @@ class TrainingRun:
         modules = dict(self.model.named_modules())
         self.sparse_norms = tuple(modules[name] for name in sparse_norm_names)
         self.loss_fn = build_loss(config, self.model.priors_cxcywh).to(self.device)
-        self.postprocessor = build_postprocessor(config, self.model.priors_cxcywh).to(self.device)
 
     def _build_optimisation(self) -> None:
         config = self.config
@@ -350,10 +349,10 @@ class TrainingRun:
         if self.evaluator is not None:
             # In float32 whatever train.amp is, as test.py runs by default: the score
             # that chooses best.pt is the one test.py reports for it.
-            pipeline = InferencePipeline(
+            pipeline = build_pipeline(
                 self.model,
-                self.postprocessor,
-                image_size=self.config.model.image_size,
+                self.config,
+                backend="torch",
                 device=self.device,
                 options=SpeedOptions(channels_last=self.channels_last, inference_mode=True),
             )

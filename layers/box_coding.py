@@ -10,28 +10,13 @@ import math
 
 import torch
 from torch import Tensor
-from torchvision.ops import box_convert
+
+from utils.boxes import cxcywh_to_xyxy, xyxy_to_cxcywh
 
 # Largest log-scale a decoded width/height may take: exp() of an untrained or fp16
 # prediction can overflow to inf, which would poison NMS and the loss. Same bound as
 # torchvision's detection box coder (a box 1000/16 times its prior).
 MAX_LOG_SCALE: float = math.log(1000.0 / 16)
-
-
-def xyxy_to_cxcywh(boxes_xyxy: Tensor) -> Tensor:
-    """``[..., 4]`` (x1, y1, x2, y2) -> ``[..., 4]`` (cx, cy, w, h)."""
-    return _convert(boxes_xyxy, in_fmt="xyxy", out_fmt="cxcywh")
-
-
-def cxcywh_to_xyxy(boxes_cxcywh: Tensor) -> Tensor:
-    """``[..., 4]`` (cx, cy, w, h) -> ``[..., 4]`` (x1, y1, x2, y2)."""
-    return _convert(boxes_cxcywh, in_fmt="cxcywh", out_fmt="xyxy")
-
-
-def _convert(boxes: Tensor, in_fmt: str, out_fmt: str) -> Tensor:
-    # torchvision's box_convert takes [N, 4]; flatten any leading dimensions.
-    flat = boxes.reshape(-1, 4)
-    return box_convert(flat, in_fmt=in_fmt, out_fmt=out_fmt).reshape(boxes.shape)
 
 
 def encode(

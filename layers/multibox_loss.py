@@ -12,8 +12,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import complete_box_iou_loss, distance_box_iou_loss, generalized_box_iou_loss
 
-from layers.box_coding import cxcywh_to_xyxy, decode, encode
+from layers.box_coding import decode, encode
 from layers.matching import match_priors
+from utils.boxes import cxcywh_to_xyxy
 
 BoxLoss = Literal["smooth_l1", "giou", "diou", "ciou"]
 BOX_LOSSES: tuple[str, ...] = ("smooth_l1", "giou", "diou", "ciou")

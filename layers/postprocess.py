@@ -9,9 +9,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import box_iou, nms
+from torchvision.ops import nms
 
 from layers.box_coding import decode
+from utils.boxes import box_iou, pairwise_intersection
 
 NmsMethod = Literal["hard", "soft_linear", "soft_gaussian"]
 NMS_METHODS: tuple[str, ...] = ("hard", "soft_linear", "soft_gaussian")
@@ -322,13 +323,7 @@ def nms_keep_mask(
     """
     x1, y1, x2, y2 = boxes.unbind(-1)  # [B, M] each
     area = (x2 - x1) * (y2 - y1)
-    width = torch.minimum(x2[:, :, None], x2[:, None, :]) - torch.maximum(
-        x1[:, :, None], x1[:, None, :]
-    )
-    height = torch.minimum(y2[:, :, None], y2[:, None, :]) - torch.maximum(
-        y1[:, :, None], y1[:, None, :]
-    )
-    inter = width.clamp_(min=0) * height.clamp_(min=0)  # [B, M, M]
+    inter = pairwise_intersection(boxes, boxes)  # [B, M, M]
     # IoU > t  <=>  inter * (1 + t) > t * (area_i + area_j), without a division.
     over = inter * (1 + iou_threshold) > (area[:, :, None] + area[:, None, :]) * iou_threshold
     if labels is not None:

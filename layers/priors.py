@@ -25,6 +25,27 @@ def _pair(value: Size2d) -> tuple[int, int]:
     return int(height), int(width)
 
 
+def location_shapes(
+    min_size: tuple[float, float],
+    max_size: tuple[float, float] | None,
+    aspect_ratios: Sequence[float],
+) -> list[tuple[float, float]]:
+    """(width, height) of the priors at one location, in SSD's order: the min-size
+    square, the square of side sqrt(min * max) when there is a max size, then per ratio
+    ``r`` a wide and a tall box of the min size's area. Sizes are (width, height) pairs
+    in any unit (normalised per axis for the generator, pixels for the prior fitting):
+    the one definition of a prior's shape."""
+    min_w, min_h = min_size
+    shapes = [(min_w, min_h)]
+    if max_size is not None:
+        shapes.append((math.sqrt(min_w * max_size[0]), math.sqrt(min_h * max_size[1])))
+    for ratio in aspect_ratios:
+        root = math.sqrt(ratio)
+        shapes.append((min_w * root, min_h / root))
+        shapes.append((min_w / root, min_h * root))
+    return shapes
+
+
 class PriorGenerator:
     """Generates priors for given image and feature-map sizes.
 
@@ -138,22 +159,15 @@ class PriorGenerator:
 
     def _sizes_at(self, index: int, image_height: int, image_width: int) -> list[list[float]]:
         """(w, h) of the boxes of one location of feature map ``index``, normalised."""
-        min_size = self.min_sizes[index]
-        base_w, base_h = min_size / image_width, min_size / image_height
-        sizes = [[base_w, base_h]]
-        if self.max_sizes is not None:
-            max_size = self.max_sizes[index]
-            sizes.append(
-                [
-                    math.sqrt(base_w * (max_size / image_width)),
-                    math.sqrt(base_h * (max_size / image_height)),
-                ]
+        max_size = None if self.max_sizes is None else self.max_sizes[index]
+        return [
+            list(shape)
+            for shape in location_shapes(
+                (self.min_sizes[index] / image_width, self.min_sizes[index] / image_height),
+                None if max_size is None else (max_size / image_width, max_size / image_height),
+                self.aspect_ratios[index],
             )
-        for ratio in self.aspect_ratios[index]:
-            root = math.sqrt(ratio)
-            sizes.append([base_w * root, base_h / root])
-            sizes.append([base_w / root, base_h * root])
-        return sizes
+        ]
 
     def _check_maps(self, feature_map_sizes: Sequence[Size2d]) -> None:
         if len(feature_map_sizes) != self.num_feature_maps:

@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Mapping
-from pathlib import Path
-from typing import Any
 
-import torch
-import yaml
 from torch import Tensor, nn
 
 from layers.multibox_loss import MultiBoxLoss
 from layers.postprocess import PostProcessor
 from layers.priors import PriorGenerator
+from models.counting import meta_forward
 from models.detector import InputNormalizer, SingleShotDetector
 from models.fssd import FeatureFusion, FeaturePyramid, FSSDFeatures
 from models.heads import MultiBoxHead
 from models.mobilenet import MobileNetV2Backbone
-from models.pruning import apply_channel_widths
+from models.pruning import apply_channel_widths, resolve_channel_widths
 from models.resnet import ResNetBackbone
 from models.ssd import ExtraLayers, SSDFeatures
 from models.vgg import VGG16Backbone, scale_width
@@ -29,7 +25,7 @@ from models.weights import (
     load_backbone_weights,
     load_detector_weights,
 )
-from utils.config import Config, ConfigError, ModelConfig, PriorConfig
+from utils.config import Config, ModelConfig, PriorConfig
 
 logger = logging.getLogger(__name__)
 
@@ -187,8 +183,7 @@ def build_model(
     num_outputs = count_head_outputs(model, model_config.image_size)
     if num_outputs != priors.shape[0]:
         raise AssertionError(f"head predicts {num_outputs} boxes for {priors.shape[0]} priors")
-    if not channel_widths and model_config.widths_file:
-        channel_widths = read_widths_file(model_config.widths_file)
+    channel_widths = resolve_channel_widths(channel_widths, model_config.widths_file)
     if channel_widths:
         apply_channel_widths(model, channel_widths)
         if load_weights and (model_config.weights or model_config.backbone_weights):
@@ -196,37 +191,6 @@ def build_model(
     elif load_weights:
         _load_configured_weights(model, model_config)
     return model
-
-
-def read_widths_file(path: str | Path) -> dict[str, int]:
-    """Channel widths from a YAML file: ``{group name: width}``, optionally under a
-    ``channel_widths`` key.
-
-    Raises:
-        ConfigError: the file is missing or is not such a mapping.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: widths file not found (model.widths_file)")
-    try:
-        content = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from error
-    if isinstance(content, dict) and isinstance(content.get("channel_widths"), dict):
-        content = content["channel_widths"]
-    if not isinstance(content, dict) or not all(
-        isinstance(key, str) and isinstance(value, int) and not isinstance(value, bool)
-        for key, value in content.items()
-    ):
-        raise ConfigError(f"{path}: expected a mapping of channel group names to widths")
-    return dict(content)
-
-
-def meta_forward(module: nn.Module, image_size: int) -> Any:
-    """``module``'s output for one ``image_size`` square image, shapes only: the pass
-    runs on a copy on the ``meta`` device (no memory, no compute)."""
-    meta_copy = copy.deepcopy(module).to("meta").eval()
-    return meta_copy(torch.zeros(1, 3, image_size, image_size, device="meta"))
 
 
 def count_head_outputs(model: SingleShotDetector, image_size: int) -> int:
@@ -256,17 +220,3 @@ def _check_pixel_format(source_format: str, model_config: ModelConfig, origin: s
             f"model.pixel_format is {model_config.pixel_format}; set "
             f"model.pixel_format={expected}"
         )
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(parameter.numel() for parameter in model.parameters())
-
-
-def count_flops(model: nn.Module, image_size: int) -> int:
-    """FLOPs of one forward pass at batch 1 (``torch.utils.flop_counter``; a multiply-add
-    counts as 2). Counted on a ``meta`` copy: no compute, no memory."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter:
-        meta_forward(model, image_size)
-    return int(counter.get_total_flops())

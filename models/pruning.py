@@ -35,8 +35,10 @@ import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
+import yaml
 from torch import Tensor, nn
 from torchvision.models.mobilenetv2 import InvertedResidual
 from torchvision.models.resnet import BasicBlock, Bottleneck
@@ -48,6 +50,7 @@ from models.mobilenet import MobileNetV2Backbone
 from models.resnet import ResNetBackbone
 from models.ssd import ExtraLayers, SSDFeatures
 from models.vgg import VGG16Backbone
+from utils.config import ConfigError
 from utils.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -505,3 +508,39 @@ def apply_channel_widths(model: SingleShotDetector, widths: Mapping[str, int]) -
             raise PruningError(f"channel width {width} for '{group.name}' outside 1..{group.width}")
         keep[group.name] = torch.arange(width)
     prune_channels(groups, keep, compensate=False)
+
+
+def resolve_channel_widths(
+    checkpoint_widths: Mapping[str, int] | None, widths_file: str | Path | None
+) -> dict[str, int]:
+    """The channel widths a model is built with: a pruned checkpoint's, else those of
+    the widths file (``model.widths_file``), else none (the full model)."""
+    if checkpoint_widths:
+        return dict(checkpoint_widths)
+    if widths_file:
+        return read_widths_file(widths_file)
+    return {}
+
+
+def read_widths_file(path: str | Path) -> dict[str, int]:
+    """Channel widths from a YAML file: ``{group name: width}``, optionally under a
+    ``channel_widths`` key.
+
+    Raises:
+        ConfigError: the file is missing or is not such a mapping.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: widths file not found (model.widths_file)")
+    try:
+        content = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from error
+    if isinstance(content, dict) and isinstance(content.get("channel_widths"), dict):
+        content = content["channel_widths"]
+    if not isinstance(content, dict) or not all(
+        isinstance(key, str) and isinstance(value, int) and not isinstance(value, bool)
+        for key, value in content.items()
+    ):
+        raise ConfigError(f"{path}: expected a mapping of channel group names to widths")
+    return dict(content)

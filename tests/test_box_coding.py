@@ -2,7 +2,8 @@ import math
 
 import torch
 
-from layers.box_coding import cxcywh_to_xyxy, decode, encode, xyxy_to_cxcywh
+from layers.box_coding import decode, encode
+from utils.boxes import cxcywh_to_xyxy, xyxy_to_cxcywh
 
 
 def test_format_conversions_by_hand():

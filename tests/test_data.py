@@ -108,8 +108,8 @@ def test_bad_annotations_are_reported_with_file_and_problem(tmp_path, caplog):
     _write_xml(
         tmp_path / "a.xml",
         "a.jpg",
-        [("cat", (10, 10, 50, 50)), ("cat", (60, 10, 20, 40)), ("cat", (50, 50, 150, 70)),
-         ("unicorn", (1, 1, 5, 5)), ("cat", (30, 30, 30, 30))],
+        [("unicorn", (1, 1, 5, 5)), ("cat", (10, 10, 50, 50)), ("cat", (60, 10, 20, 40)),
+         ("cat", (50, 50, 150, 70)), ("cat", (30, 30, 30, 30))],
     )  # fmt: skip
     _write_image(tmp_path / "empty.jpg")
     _write_xml(tmp_path / "empty.xml", "empty.jpg", [])
@@ -121,8 +121,9 @@ def test_bad_annotations_are_reported_with_file_and_problem(tmp_path, caplog):
     np.testing.assert_array_equal(records[0].boxes, [[9, 9, 50, 50], [49, 49, 100, 70]])
     text = caplog.text
     assert "a.xml: object 4 ('cat') is a point (30, 30), not a box; left out" in text
-    assert "a.xml: box 1 [59, 9, 20, 40] is inverted or empty" in text
-    assert "a.xml: box 2 [49, 49, 150, 70] reaches outside the 100x80 image; clipped" in text
+    # Each problem names the object as the XML numbers it (the unknown one counts too).
+    assert "a.xml: object 2 [59, 9, 20, 40] is inverted or empty" in text
+    assert "a.xml: object 3 [49, 49, 150, 70] reaches outside the 100x80 image; clipped" in text
     assert "a.xml: 1 objects of unknown classes 'unicorn' (1) left out" in text
     assert "empty.xml: no objects to train on" in text
     assert (

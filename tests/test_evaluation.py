@@ -25,7 +25,7 @@ from engine.evaluation import (
 )
 from tests.conftest import REPO_ROOT, tiny_train_overrides
 from tests.test_data import voc_mini, voc_mini_coco
-from tools.eval_benchmark import classic_voc_ap
+from tests.voc_devkit_reference import devkit_ap
 
 
 def shared_coco_detections(shared_dir):
@@ -189,7 +189,7 @@ def test_voc_numbers_equal_an_independent_computation(shared_dir, tmp_path, use_
         gt_images = np.concatenate([np.full(len(boxes), i) for i, boxes, _ in gt])
         gt_boxes = np.concatenate([boxes for _, boxes, _ in gt])
         gt_difficult = np.concatenate([difficult for _, _, difficult in gt])
-        expected = classic_voc_ap(det_images, det_scores, det_boxes, gt_images, gt_boxes,
+        expected = devkit_ap(det_images, det_scores, det_boxes, gt_images, gt_boxes,
                                   gt_difficult, use_07_metric=use_07_metric)  # fmt: skip
         assert result["ap_per_class"][name] == pytest.approx(expected, abs=1e-9), name
         aps.append(expected)
@@ -315,7 +315,13 @@ def test_test_script_writes_results_and_rescores_them(tiny_shapes_root, tmp_path
         assert onnx_metrics["speed"]["device"] == f"cpu, onnxruntime{' int8' if extra else ''}"
         if not extra:
             assert onnx_metrics["mAP"] == pytest.approx(metrics["mAP"], abs=1e-6)
-        assert 0.0 <= onnx_metrics["mAP"] <= 1.0
+        # The results files it wrote score to the mAP it printed.
+        rescored = tmp_path / f"rescored{len(extra)}"
+        arguments = ["--checkpoint", str(output / "best.pt"), "--eval-only", str(directory),
+                     "--results-dir", str(rescored), "--no-plots"]  # fmt: skip
+        assert test_script.main(test_script.parse_args(arguments)) == 0
+        rescored_map = json.loads((rescored / "metrics.json").read_text())["mAP"]
+        assert rescored_map == pytest.approx(onnx_metrics["mAP"], abs=1e-9)
 
 
 def test_coco_metric_during_training_equals_test_script(tiny_shapes_root, tmp_path):

@@ -4,7 +4,8 @@ import onnxscript  # noqa: F401
 import pytest
 import torch
 
-from engine.export import DecodedDetector, export_detector, export_onnx, onnxruntime_outputs
+from engine.export import DecodedDetector, export_detector, export_onnx
+from engine.inference import run_onnx
 from models.build import build_model, build_postprocessor
 from tests.conftest import REPO_ROOT, TINY_MODEL, randomise_batchnorm
 from utils.config import load_config
@@ -26,7 +27,7 @@ def test_network_matches_onnxruntime_at_any_batch_size(tiny_model, tmp_path):
         images = images * 255
         with torch.no_grad():
             expected = model(images)
-        actual = onnxruntime_outputs(path, images)
+        actual = run_onnx(path, images)
         for got, want in zip(actual, expected, strict=True):
             assert got.shape == want.shape
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
@@ -37,7 +38,7 @@ def test_decoded_export_feeds_the_same_detections(tiny_model, tmp_path):
     decoded = DecodedDetector(model, config.priors.variances)
     path = export_onnx(decoded, tmp_path / "decoded.onnx", 96, output_names=["boxes", "scores"])
     images = torch.rand(2, 3, 96, 96, generator=torch.Generator().manual_seed(1)) * 255
-    boxes, scores = onnxruntime_outputs(path, images)
+    boxes, scores = run_onnx(path, images)
     with torch.no_grad():
         expected_boxes, expected_scores = decoded(images)
         loc, conf = model(images)
@@ -66,7 +67,7 @@ def test_export_command_writes_and_checks_the_model(tmp_path, capsys):
     # The exported graph is the decoded detector: softmax scores sum to 1 per prior.
     config = load_config(None, TINY_MODEL)
     images = torch.rand(1, 3, 96, 96, generator=torch.Generator().manual_seed(2)) * 255
-    boxes, scores = onnxruntime_outputs(out, images)
+    boxes, scores = run_onnx(out, images)
     num_priors = build_model(config).priors_cxcywh.shape[0]
     assert boxes.shape == (1, num_priors, 4) and scores.shape == (1, num_priors, 6)
     torch.testing.assert_close(scores.sum(-1), torch.ones(1, num_priors))
@@ -113,7 +114,7 @@ def end_to_end_check(model, config, path, images):
     export_detector(model, config, path)
     with torch.no_grad():
         expected = build_postprocessor(config, model.priors_cxcywh)(*model(images.float()))
-    assert_same_detections(onnxruntime_outputs(path, images), expected, config.model.image_size)
+    assert_same_detections(run_onnx(path, images), expected, config.model.image_size)
     return expected
 
 
@@ -185,7 +186,7 @@ def test_int8_graph_quantizes_the_convolutions_only(shared_dir, tmp_path):
             assert all(producers.get(name, node).op_type != "DequantizeLinear"
                        for name in node.input)  # fmt: skip
     # Its detections land where float32's do.
-    fp32 = onnxruntime_outputs(tmp_path / "fp32.onnx", images)
-    quantized = onnxruntime_outputs(int8, images)
+    fp32 = run_onnx(tmp_path / "fp32.onnx", images)
+    quantized = run_onnx(int8, images)
     for index in range(len(images)):
         assert matched_iou(fp32[0][index, :10], quantized[0][index, :10]) > 0.8

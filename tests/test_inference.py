@@ -8,8 +8,16 @@ import torch
 import benchmark
 import utils.device
 from data.transforms import EvalTransform
-from engine.inference import InferencePipeline, SpeedOptions, to_pixels
-from models.build import build_model, build_postprocessor, count_flops
+from engine import speed
+from engine.inference import (
+    InferencePipeline,
+    OnnxRuntimePipeline,
+    SpeedOptions,
+    build_pipeline,
+    to_pixels,
+)
+from models.build import build_model, build_postprocessor
+from models.counting import count_flops
 from tests.conftest import TINY_MODEL, randomise_batchnorm, tiny_train_overrides
 from utils.config import load_config
 from utils.device import (
@@ -19,7 +27,6 @@ from utils.device import (
     resolve_channels_last,
     resolve_precision,
 )
-from utils.errors import UserError
 
 CPU = torch.device("cpu")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -236,7 +243,7 @@ def test_torchvision_peer_gets_our_speed_paths_and_class_count(compile_network):
 def test_measure_takes_medians_per_part_and_of_each_calls_total():
     calls = []
 
-    class FakeRunner(benchmark.Runner):
+    class FakeRunner(speed.Runner):
         def __init__(self, name, samples):
             self.name, self.samples = name, iter(samples)
 
@@ -244,10 +251,10 @@ def test_measure_takes_medians_per_part_and_of_each_calls_total():
             calls.append(self.name)
             return next(self.samples)
 
-    first = FakeRunner("a", [dict(zip(benchmark.PARTS, values, strict=True))
+    first = FakeRunner("a", [dict(zip(speed.PARTS, values, strict=True))
                              for values in [(1, 10, 0), (3, 1, 0), (2, 2, 9)]])  # fmt: skip
-    second = FakeRunner("b", [dict(zip(benchmark.PARTS, (1, 1, 1), strict=True))] * 3)
-    results = benchmark.measure([first, second], [], warmup=0, repeats=3)
+    second = FakeRunner("b", [dict(zip(speed.PARTS, (1, 1, 1), strict=True))] * 3)
+    results = speed.measure([first, second], [], warmup=0, repeats=3)
     # Each round starts one runner later: a b, b a, a b.
     assert calls == ["a", "b", "b", "a", "a", "b"]
     # Medians in ms per part; the total is the median of each call's sum (11, 4, 13),
@@ -269,16 +276,19 @@ def test_benchmark_times_the_end_to_end_onnx_graph(tmp_path):
     assert set(results["batch_n"]) == {"ours (fssd, onnxruntime)"}
     row = results["batch_n"]["ours (fssd, onnxruntime)"]
     assert row["forward_ms"] > 0 and row["post_ms"] >= 0
+
+
+def test_onnxruntime_backend_on_a_gpu_device_runs_on_the_cpu_and_says_so(caplog):
     config = load_config(None, TINY_MODEL)
-    with pytest.raises(UserError, match="--backend onnxruntime runs on the CPU"):
-        benchmark.build_pipeline(
-            benchmark.parse_args(arguments),
-            torch.device("cuda"),
-            config,
-            build_model(config),
-            backend="onnxruntime",
-            int8=False,
-        )
+    pipeline = build_pipeline(
+        build_model(config),
+        config,
+        backend="onnxruntime",
+        device=torch.device("cuda"),
+        options=SpeedOptions(),
+    )
+    assert isinstance(pipeline, OnnxRuntimePipeline) and pipeline.device.type == "cpu"
+    assert "runs on the CPU, not on cuda" in caplog.text
 
 
 def test_training_benchmark_reports_step_loader_and_limit(tiny_shapes_root, tmp_path, capsys):

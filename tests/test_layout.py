@@ -1,4 +1,5 @@
-"""The package layering: imports only point down (STYLE.md), checked on the source."""
+"""The package layering: imports only point down (the README's layout section: scripts ->
+engine -> models, data -> layers -> utils), checked on the source."""
 
 import ast
 
@@ -42,3 +43,22 @@ def test_scripts_are_not_imported_by_the_library():
     for package in PACKAGES:
         for path in (REPO_ROOT / package).rglob("*.py"):
             assert not project_imports(path) & scripts, path
+
+
+def test_library_code_does_not_read_command_lines():
+    """Flags belong to the scripts and utils/cli.py: the packages below them take typed
+    arguments, never an argparse namespace."""
+    readers = []
+    for package in ("layers", "data", "models", "engine"):
+        for path in sorted((REPO_ROOT / package).rglob("*.py")):
+            tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Import | ast.ImportFrom):
+                    modules = (
+                        [alias.name for alias in node.names]
+                        if isinstance(node, ast.Import)
+                        else [node.module or ""]
+                    )
+                    if "argparse" in modules:
+                        readers.append(str(path.relative_to(REPO_ROOT)))
+    assert readers == []

@@ -1,13 +1,13 @@
 import numpy as np
 import pytest
 
-from tools.eval_benchmark import classic_voc_ap
+from tests.voc_devkit_reference import devkit_ap
 from utils.metrics import evaluate_class, evaluate_voc
 
 
 @pytest.mark.parametrize("use_07_metric", [True, False])
 @pytest.mark.parametrize("inclusive", [True, False])
-def test_vectorised_evaluator_equals_the_classic_loop(use_07_metric, inclusive):
+def test_vectorised_evaluator_equals_the_devkit_loop(use_07_metric, inclusive):
     rng = np.random.default_rng(0)
     for _ in range(25):
         num_gt, num_det = int(rng.integers(1, 150)), int(rng.integers(0, 400))
@@ -22,7 +22,7 @@ def test_vectorised_evaluator_equals_the_classic_loop(use_07_metric, inclusive):
         det_boxes = gt_boxes[source] + rng.normal(0, 6, (num_det, 4)).round()
         det_scores = rng.random(num_det).round(2)  # ties on purpose
         arguments = (det_images, det_scores, det_boxes, gt_images, gt_boxes, gt_difficult)
-        expected = classic_voc_ap(*arguments, use_07_metric=use_07_metric, inclusive=inclusive)
+        expected = devkit_ap(*arguments, use_07_metric=use_07_metric, inclusive=inclusive)
         result = evaluate_class(*arguments, use_07_metric=use_07_metric, inclusive=inclusive)
         assert result.ap == pytest.approx(expected, abs=1e-12)
 
@@ -61,3 +61,33 @@ def test_hand_built_cases():
     # A class without ground truth gets NaN and stays out of the mean.
     result = evaluate_voc(truth, perfect, ["a", "b"])
     assert np.isnan(result["ap_per_class"]["b"]) and result["mAP"] == pytest.approx(1.0)
+
+
+def test_devkit_reference_and_evaluator_on_hand_computed_curves():
+    # Three boxes; ranked detections: a hit, a miss (no overlap), a hit.
+    # recall 1/3, 1/3, 2/3; precision 1, 1/2, 2/3.
+    gt_boxes = np.array([[0, 0, 9, 9], [20, 0, 29, 9], [40, 0, 49, 9]], dtype=float)
+    arguments = (
+        np.zeros(3, int), np.array([0.9, 0.8, 0.7]),
+        np.array([[0, 0, 9, 9], [60, 60, 69, 69], [20, 0, 29, 9]], dtype=float),
+        np.zeros(3, int), gt_boxes, np.zeros(3, bool),
+    )  # fmt: skip
+    # 11-point: levels 0..0.3 reach precision 1, levels 0.4..0.6 reach 2/3.
+    assert devkit_ap(*arguments, use_07_metric=True) == pytest.approx(6 / 11, abs=1e-15)
+    assert evaluate_class(*arguments, inclusive=True).ap == pytest.approx(6 / 11, abs=1e-15)
+    # Area: 1/3 at precision 1, then 1/3 at the envelope's 2/3.
+    assert devkit_ap(*arguments, use_07_metric=False) == pytest.approx(5 / 9, abs=1e-15)
+    result = evaluate_class(*arguments, inclusive=True, use_07_metric=False)
+    assert result.ap == pytest.approx(5 / 9, abs=1e-15)
+
+
+def test_eleven_point_levels_are_the_devkits_floats():
+    # Recall stops at exactly 3/10; the devkit's third level is 0.30000000000000004, so
+    # only levels 0, 0.1 and 0.2 count: AP 3/11, not 4/11.
+    gt_boxes = np.array([[20 * i, 0, 20 * i + 9, 9] for i in range(10)], dtype=float)
+    arguments = (
+        np.zeros(3, int), np.array([0.9, 0.8, 0.7]), gt_boxes[:3],
+        np.zeros(10, int), gt_boxes, np.zeros(10, bool),
+    )  # fmt: skip
+    assert devkit_ap(*arguments) == pytest.approx(3 / 11, abs=1e-15)
+    assert evaluate_class(*arguments, inclusive=True).ap == pytest.approx(3 / 11, abs=1e-15)

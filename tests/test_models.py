@@ -8,9 +8,9 @@ from models.build import (
     InputSizeError,
     build_loss,
     build_model,
-    count_parameters,
     measure_feature_map_sizes,
 )
+from models.counting import count_parameters
 from models.detector import InputNormalizer
 from models.fssd import FeatureFusion
 from models.weights import convert_fssd_pytorch
@@ -203,12 +203,36 @@ def test_fusion_resizes_to_the_first_source_and_concatenates():
 
 
 def test_summary_reports_the_reference_numbers():
+    """FSSD300-VGG16 for VOC (21 classes) counted by hand, layer by layer, from the
+    paper's architecture as fssd.pytorch builds it."""
+    # (in, out, kernel, output side) of every convolution.
+    vgg = [(3, 64, 3, 300), (64, 64, 3, 300), (64, 128, 3, 150), (128, 128, 3, 150),
+           (128, 256, 3, 75), (256, 256, 3, 75), (256, 256, 3, 75),
+           (256, 512, 3, 38), (512, 512, 3, 38), (512, 512, 3, 38),  # conv4_3
+           (512, 512, 3, 19), (512, 512, 3, 19), (512, 512, 3, 19),
+           (512, 1024, 3, 19), (1024, 1024, 1, 19)]  # fc6 (dilated), fc7  # fmt: skip
+    # Extras [256, 512, 128, 'S', 256]: the unpadded 3x3 gives 17, the strided one 9.
+    extras = [(1024, 256, 1, 19), (256, 512, 3, 17), (512, 128, 1, 17), (128, 256, 3, 9)]
+    # Fusion: conv4_3, fc7 and the last extra to 256 channels each (then resized to 38).
+    fusion = [(512, 256, 1, 38), (1024, 256, 1, 19), (256, 256, 1, 9)]
+    pyramid = [(768, 512, 3, 38), (512, 512, 3, 19), (512, 256, 3, 10), (256, 256, 3, 5),
+               (256, 256, 3, 3), (256, 256, 3, 1)]  # fmt: skip
+    head = []
+    for (_, channels, _, side), boxes in zip(pyramid, [6, 6, 6, 6, 4, 4], strict=True):
+        head += [(channels, 4 * boxes, 3, side), (channels, 21 * boxes, 3, side)]
+    convs = vgg + extras + fusion + pyramid + head
     summary = summarize(REPO_ROOT / "configs" / "fssd300_voc.yaml", [])
-    assert summary["parameters"] == 34_131_424
-    assert summary["num_priors"] == 11_620
-    assert summary["feature_maps"] == [[size, size] for size in (38, 19, 10, 5, 3, 1)]
-    # FSSD300-VGG16: about 76 GFLOPs (multiply-add counted as 2).
-    assert 75.0 < summary["gflops"] < 77.0
+    assert summary["parameters"] == sum(i * o * k * k + o for i, o, k, _ in convs)
+    assert summary["parameters"] == 34_131_424  # fssd.pytorch's count
+    # A multiply-add counts as 2; only the convolutions have FLOPs worth counting.
+    assert summary["gflops"] * 1e9 == pytest.approx(
+        sum(2 * i * o * k * k * side**2 for i, o, k, side in convs), rel=1e-12
+    )
+    sides = [38, 19, 10, 5, 3, 1]
+    assert summary["feature_maps"] == [[side, side] for side in sides]
+    assert summary["num_priors"] == sum(
+        side * side * boxes for side, boxes in zip(sides, [6, 6, 6, 6, 4, 4], strict=True)
+    )
 
 
 def test_too_small_input_is_reported():

@@ -3,10 +3,10 @@ import math
 import pytest
 import torch
 
-from layers.box_coding import xyxy_to_cxcywh
 from layers.multibox_loss import MultiBoxLoss, box_regression_loss, hard_negative_mask
 from tests.conftest import loss_settings, random_priors
 from tests.test_matching import QUADRANTS
+from utils.boxes import xyxy_to_cxcywh
 
 PRIORS_CXCYWH = xyxy_to_cxcywh(QUADRANTS)
 

@@ -6,9 +6,10 @@ import torch
 from torchvision.ops import batched_nms, nms
 
 from layers import postprocess as postprocess_module
-from layers.box_coding import decode, xyxy_to_cxcywh
+from layers.box_coding import decode
 from layers.postprocess import PostProcessor, nms_keep_mask
 from tests.conftest import postprocess_settings, random_priors
+from utils.boxes import xyxy_to_cxcywh
 
 # Priors 0 and 1 overlap at IoU 0.9; prior 2 lies apart.
 PRIORS_XYXY = torch.tensor([[0.1, 0.1, 0.5, 0.5], [0.12, 0.1, 0.52, 0.5], [0.6, 0.6, 0.9, 0.9]])
@@ -146,9 +147,17 @@ def test_nms_mask_equals_torchvision_nms():
         assert suppressed > 0
 
 
-def test_heavy_suppression_widens_the_search():
+def test_heavy_suppression_widens_the_search(monkeypatch):
     """Many near-identical boxes: most candidates are suppressed, so the first round
-    (twice max_detections) finds too few survivors and the search must widen."""
+    (1.5 x max_detections candidates) finds too few survivors and the search widens."""
+    budgets = []
+    per_class_nms = postprocess_module._per_class_nms
+
+    def recording(boxes, *args):
+        budgets.append(boxes.shape[1])
+        return per_class_nms(boxes, *args)
+
+    monkeypatch.setattr(postprocess_module, "_per_class_nms", recording)
     generator = torch.Generator().manual_seed(4)
     priors = torch.tensor([[0.5, 0.5, 0.2, 0.2]]).repeat(300, 1)
     priors[:, :2] += 0.002 * torch.randn(300, 2, generator=generator)
@@ -160,6 +169,9 @@ def test_heavy_suppression_widens_the_search():
     [want] = reference_detections(loc, logits, priors, **settings)
     [got] = postprocess(loc, logits, priors, max_detections=5)
     assert len(want) == len(got["scores"]) == 4  # one box per class and cluster
+    # 7 candidates (5 * 3 // 2), then doubled until every candidate above the threshold
+    # is in (or 5 survive, which never happens here).
+    assert budgets[:3] == [7, 14, 28] and budgets == sorted(budgets) and len(budgets) >= 4
     torch.testing.assert_close(got["scores"], torch.tensor([item[0] for item in want]))
     assert got["labels"].tolist() == [item[1] for item in want]
 

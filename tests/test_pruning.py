@@ -6,7 +6,8 @@ import prune as prune_script
 import test as test_script
 import train
 from layers.blocks import ConvBNReLU
-from models.build import build_model, count_flops, count_parameters
+from models.build import build_model
+from models.counting import count_flops, count_parameters
 from models.pruning import (
     ChannelGroup,
     PruningError,
@@ -266,7 +267,7 @@ def test_prune_then_evaluate_and_fine_tune(tiny_shapes_root, tmp_path, capsys):
     assert int(rows["params"][0].replace(",", "")) == count_parameters(model)
     assert int(rows["params"][1].replace(",", "")) == count_parameters(rebuilt)
     assert float(rows["GFLOPs"][1]) == pytest.approx(count_flops(rebuilt, 96) / 1e9, abs=5e-4)
-    # Latency rows: forward ms, its speed-up over the unpruned model, end-to-end ms, speed-up.
+    # Latency rows: forward ms, its speed-up over the unpruned model, total ms, speed-up.
     unpruned = float(rows["unpruned"][0])
     for name in ("pruned", "pruned+folded"):
         forward, speedup = float(rows[name][0]), float(rows[name][1].rstrip("x"))

@@ -11,7 +11,8 @@ augmentation: a loader worker's whole job). Prints images/s for each and the rat
 from __future__ import annotations
 
 import argparse
-import time
+import itertools
+import statistics
 from pathlib import Path
 
 import cv2
@@ -22,8 +23,12 @@ from torchvision.transforms import v2
 
 from data.records import IMAGE_EXTENSIONS, read_image
 from data.transforms import SSDAugmentation
-from utils.cli import run_command
+from utils.cli import (
+    add_repeats_argument,
+    run_command,
+)
 from utils.pixels import MEAN_FILL_RGB
+from utils.timing import time_interleaved
 
 
 def torchvision_v2_pipeline(size: int) -> v2.Compose:
@@ -43,11 +48,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=Path, required=True, help="folder of JPEG/PNG images")
     parser.add_argument("--size", type=int, default=300, help="model input side")
-    parser.add_argument("--repeats", type=int, default=3, help="passes over the images")
+    add_repeats_argument(parser, default=3, what="passes over the images")
     return parser.parse_args(argv)
 
 
-def main(args: argparse.Namespace) -> None:
+def main(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     paths = sorted(
@@ -67,22 +72,22 @@ def main(args: argparse.Namespace) -> None:
         samples.append((image, boxes, np.array([1, 2])))
 
     ours = SSDAugmentation(size=args.size)
-    start = time.perf_counter()
-    for repeat in range(args.repeats):
+    passes = itertools.count()
+
+    def ours_pass() -> None:
+        repeat = next(passes)
         for index, (image, boxes, labels) in enumerate(samples):
             ours(image, boxes, labels, np.random.default_rng([repeat, index]))
-    ours_rate = args.repeats * len(samples) / (time.perf_counter() - start)
 
-    start = time.perf_counter()
-    for repeat in range(args.repeats):
+    def worker_pass() -> None:
+        repeat = next(passes)
         for index, (path, (_, boxes, labels)) in enumerate(zip(paths, samples, strict=True)):
             ours(read_image(path), boxes, labels, np.random.default_rng([repeat, index]))
-    worker_rate = args.repeats * len(samples) / (time.perf_counter() - start)
 
     pipeline = torchvision_v2_pipeline(args.size)
     torch.manual_seed(0)
-    start = time.perf_counter()
-    for _ in range(args.repeats):
+
+    def v2_pass() -> None:
         for image, boxes, labels in samples:
             tensor = tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1))
             target = {
@@ -92,13 +97,21 @@ def main(args: argparse.Namespace) -> None:
                 "labels": torch.from_numpy(labels),
             }
             pipeline(tensor, target)
-    v2_rate = args.repeats * len(samples) / (time.perf_counter() - start)
+
+    # Passes interleaved, so that the three share the machine's noise; the median pass.
+    seconds = time_interleaved(
+        {"ours": ours_pass, "worker": worker_pass, "v2": v2_pass}, warmup=0, repeats=args.repeats
+    )
+    ours_rate, worker_rate, v2_rate = (
+        len(samples) / statistics.median(seconds[name]) for name in ("ours", "worker", "v2")
+    )
 
     print(f"images: {len(samples)} x {args.repeats} passes, input {args.size}, one thread")
     print(f"OpenCV/NumPy SSDAugmentation     {ours_rate:8.1f} images/s")
     print(f"  with decoding (a worker's job) {worker_rate:8.1f} images/s")
     print(f"torchvision.transforms.v2        {v2_rate:8.1f} images/s")
     print(f"ratio (ours / v2)                {ours_rate / v2_rate:8.2f}x")
+    return 0
 
 
 if __name__ == "__main__":

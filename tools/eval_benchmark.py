@@ -31,14 +31,18 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
 import numpy as np
 
-from utils.cli import run_command
+from utils.boxes import box_iou_np
+from utils.cli import (
+    run_command,
+    script_parser,
+)
 from utils.metrics import average_precision, evaluate_voc
+from utils.timing import time_interleaved
 
 NUM_CLASSES = 20
 CLASS_NAMES = [f"class{label}" for label in range(1, NUM_CLASSES + 1)]
@@ -88,9 +92,11 @@ def classic_voc_ap(
     use_07_metric: bool = True,
     inclusive: bool = True,
 ) -> float:
-    """AP of one class by voc_eval.py's per-detection loop (with a stable sort, as the
-    MATLAB devkit's): the independent reference the vectorised evaluator is tested and
-    timed against. Arguments as :func:`utils.metrics.evaluate_class`."""
+    """AP of one class by voc_eval.py's per-detection loop (numpy over the image's
+    boxes for each detection; a stable sort, as the MATLAB devkit's): the baseline the
+    vectorised evaluator is timed against. The tests check the evaluator against
+    tests/voc_devkit_reference.py, which shares no code with either. Arguments as
+    :func:`utils.metrics.evaluate_class`."""
     num_positives = int((~gt_difficult).sum())
     images = {}
     for image in np.unique(gt_images):
@@ -102,25 +108,10 @@ def classic_voc_ap(
         }
     order = np.argsort(-det_scores, kind="stable")
     tp, fp = np.zeros(len(order)), np.zeros(len(order))
-    extra = 1.0 if inclusive else 0.0
     for rank, index in enumerate(order):
         box, best, entry = det_boxes[index], -np.inf, images.get(det_images[index])
         if entry is not None:
-            gts = entry["boxes"]
-            iw = np.maximum(
-                np.minimum(gts[:, 2], box[2]) - np.maximum(gts[:, 0], box[0]) + extra, 0
-            )
-            ih = np.maximum(
-                np.minimum(gts[:, 3], box[3]) - np.maximum(gts[:, 1], box[1]) + extra, 0
-            )
-            inter = iw * ih
-            union = (
-                (box[2] - box[0] + extra) * (box[3] - box[1] + extra)
-                + (gts[:, 2] - gts[:, 0] + extra) * (gts[:, 3] - gts[:, 1] + extra)
-                - inter
-            )
-            with np.errstate(invalid="ignore", divide="ignore"):
-                overlaps = inter / union
+            overlaps = box_iou_np(entry["boxes"], box, inclusive=inclusive)
             best, best_index = overlaps.max(), overlaps.argmax()
         if best > iou_threshold:
             if not entry["difficult"][best_index]:
@@ -267,20 +258,29 @@ def whole_command(args: argparse.Namespace) -> None:
         config, results = write_devkit(root, ground_truth, detections)
         annotation_dir = root / "VOCdevkit" / "VOC2007" / "Annotations"
         ids = [f"{index:06d}" for index in range(len(ground_truth))]
-        start = time.perf_counter()
-        annotations = {
-            image_id: parse_voc_xml_classic(annotation_dir / f"{image_id}.xml") for image_id in ids
-        }
-        parse_seconds = time.perf_counter() - start
+        annotations: dict[str, list[dict]] = {}
+
+        def parse() -> None:
+            annotations.update(
+                (image_id, parse_voc_xml_classic(annotation_dir / f"{image_id}.xml"))
+                for image_id in ids
+            )
+
+        [parse_seconds] = time_interleaved({"parse": parse}, warmup=0, repeats=1)["parse"]
         command = [sys.executable, "test.py", "--config", str(config), "--eval-only", str(results)]
-        ours, classic = [], []
-        for _ in range(args.rounds):
-            start = time.perf_counter()
-            subprocess.run(command, cwd=REPO_ROOT, check=True, capture_output=True)
-            ours.append(time.perf_counter() - start)
-            start = time.perf_counter()
-            classic_map = classic_voc_eval(results, annotations)
-            classic.append(time.perf_counter() - start)
+        maps = {}
+        # Alternating rounds: ours, classic, ours, classic, ...
+        seconds = time_interleaved(
+            {
+                "ours": lambda: subprocess.run(
+                    command, cwd=REPO_ROOT, check=True, capture_output=True
+                ),
+                "classic": lambda: maps.update(classic=classic_voc_eval(results, annotations)),
+            },
+            warmup=0,
+            repeats=args.rounds,
+        )
+        ours, classic, classic_map = seconds["ours"], seconds["classic"], maps["classic"]
         our_map = json.loads((results / "metrics.json").read_text(encoding="utf-8"))["mAP"]
     ours_median, classic_median = statistics.median(ours), statistics.median(classic)
     print(f"command: {' '.join(command[1:])} (from {REPO_ROOT})")
@@ -302,25 +302,36 @@ def in_memory(args: argparse.Namespace) -> None:
     total = sum(len(item["scores"]) for item in detections)
     objects = sum(len(item["labels"]) for item in ground_truth)
     print(f"{args.images} images, {objects} objects, {total} detections, {NUM_CLASSES} classes")
-    start = time.perf_counter()
-    result = evaluate_voc(ground_truth, detections, CLASS_NAMES, use_07_metric=True, inclusive=True)
-    vectorised = time.perf_counter() - start
-    print(f"vectorised evaluator   {vectorised:7.2f} s   mAP {result['mAP']:.6f}")
+    results = {}
+
+    def vectorised_run() -> None:
+        results["vectorised"] = evaluate_voc(
+            ground_truth, detections, CLASS_NAMES, use_07_metric=True, inclusive=True
+        )["mAP"]
+
+    def classic_run() -> None:
+        aps = [
+            classic_class_ap(ground_truth, detections, label) for label in range(1, NUM_CLASSES + 1)
+        ]
+        results["classic"] = float(np.mean(aps))
+
+    runs = {"vectorised": vectorised_run}
+    if not args.skip_classic:
+        runs["classic"] = classic_run
+    seconds = {
+        name: times[0] for name, times in time_interleaved(runs, warmup=0, repeats=1).items()
+    }
+    vectorised = seconds["vectorised"]
+    print(f"vectorised evaluator   {vectorised:7.2f} s   mAP {results['vectorised']:.6f}")
     if args.skip_classic:
         return
-    start = time.perf_counter()
-    aps = [classic_class_ap(ground_truth, detections, label) for label in range(1, NUM_CLASSES + 1)]
-    classic = time.perf_counter() - start
-    print(f"classic per-detection  {classic:7.2f} s   mAP {float(np.mean(aps)):.6f}")
+    classic = seconds["classic"]
+    print(f"classic per-detection  {classic:7.2f} s   mAP {results['classic']:.6f}")
     print(f"speed-up               {classic / vectorised:7.1f}x")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__,
-    )
+    parser = script_parser(__doc__.split("\n\n")[0], __doc__)
     parser.add_argument("--images", type=int, default=4952, help="images in the result set")
     parser.add_argument(
         "--detections-per-image", type=int, default=200, help="detections per image"
@@ -342,11 +353,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(args: argparse.Namespace) -> None:
+def main(args: argparse.Namespace) -> int:
     if args.whole_command:
         whole_command(args)
     else:
         in_memory(args)
+    return 0
 
 
 if __name__ == "__main__":

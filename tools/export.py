@@ -26,26 +26,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine.export import (
-    DecodedDetector,
-    export_detector,
-    export_onnx,
-    onnxruntime_outputs,
-)
-from engine.inference import SpeedOptions, prepare_for_inference
-from engine.loading import build_model_to_run
+from engine.export import DecodedDetector, export_detector, export_onnx
+from engine.inference import SpeedOptions, prepare_for_inference, run_onnx
+from engine.loading import load_model
 from models.build import build_postprocessor
-from utils.cli import add_checkpoint_argument, add_config_arguments, run_command
+from utils.cli import (
+    add_checkpoint_argument,
+    add_fold_bn_argument,
+    run_command,
+    script_parser,
+)
 from utils.log import setup_logging
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Export a detector to ONNX.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__,
-    )
-    add_config_arguments(parser)
+    parser = script_parser("Export a detector to ONNX.", __doc__, config=True)
     add_checkpoint_argument(parser, help="weights to export (default: random weights)")
     parser.add_argument("--out", type=Path, required=True, help="the .onnx file to write")
     parser.add_argument(
@@ -56,7 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="the whole detector: uint8 images in, post-processed detections out",
     )
-    parser.add_argument("--fold-bn", action="store_true", help="fold BatchNorm into the convs")
+    add_fold_bn_argument(parser)
     parser.add_argument(
         "--check", action="store_true", help="compare onnxruntime's outputs with PyTorch's"
     )
@@ -65,7 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(args: argparse.Namespace) -> int:
     setup_logging(is_main=True)
-    config, model = build_model_to_run(args.config, args.overrides, args.checkpoint)
+    config, model, _ = load_model(args.config, args.overrides, args.checkpoint)
     prepare_for_inference(model, SpeedOptions(fold_bn=args.fold_bn))
     if args.end_to_end:
         return export_whole_detector(args, config, model)
@@ -80,7 +75,7 @@ def main(args: argparse.Namespace) -> int:
         images = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0)) * 255
         with torch.no_grad():
             expected = network(images)
-        for name, got, want in zip(names, onnxruntime_outputs(path, images), expected, strict=True):
+        for name, got, want in zip(names, run_onnx(path, images), expected, strict=True):
             difference = float((got - want).abs().max())
             print(f"{name}: max |onnxruntime - torch| = {difference:.3g}")
     return 0
@@ -93,7 +88,7 @@ def export_whole_detector(args: argparse.Namespace, config, model) -> int:
     if args.check:
         generator = torch.Generator().manual_seed(0)
         images = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8, generator=generator)
-        boxes, scores, labels, counts = (item.numpy() for item in onnxruntime_outputs(path, images))
+        boxes, scores, labels, counts = (item.numpy() for item in run_onnx(path, images))
         with torch.no_grad():
             expected = build_postprocessor(config, model.priors_cxcywh)(*model(images.float()))
         box_error = score_error = 0.0

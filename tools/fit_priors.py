@@ -23,7 +23,12 @@ from pathlib import Path
 import yaml
 
 from engine.prior_fitting import RESTARTS, SAMPLE, Coverage, fit_config_priors
-from utils.cli import add_config_arguments, number_in, positive_int, run_command
+from utils.cli import (
+    number_in,
+    positive_int,
+    run_command,
+    script_parser,
+)
 from utils.config import NON_NEGATIVE, Config, load_config
 from utils.log import setup_logging
 
@@ -31,12 +36,9 @@ logger = logging.getLogger(__name__)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Prior coverage of a config's training boxes, and fitted priors.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__,
+    parser = script_parser(
+        "Prior coverage of a config's training boxes, and fitted priors.", __doc__, config=True
     )
-    add_config_arguments(parser)
     parser.add_argument(
         "--max-priors",
         type=positive_int,

@@ -31,7 +31,11 @@ from data.records import AnnotationRecord, BadSampleError, ProblemReport, read_i
 from data.sources import prepare_data, read_records, resolve_class_names
 from data.statistics import SplitStatistics, split_statistics
 from engine.prior_fitting import map_settings
-from utils.cli import add_config_arguments, positive_int, run_command
+from utils.cli import (
+    positive_int,
+    run_command,
+    script_parser,
+)
 from utils.config import Config, load_config
 from utils.log import setup_logging
 from utils.visualize import class_color, draw_detections
@@ -42,12 +46,9 @@ TAGS_UP_TO = 25  # images with more boxes are drawn without name tags
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Counts, box sizes, problems and pictures of a config's dataset.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__,
+    parser = script_parser(
+        "Counts, box sizes, problems and pictures of a config's dataset.", __doc__, config=True
     )
-    add_config_arguments(parser)
     parser.add_argument("--out", type=Path, default=None, help="folder for the PNGs")
     parser.add_argument(
         "--grid", type=positive_int, default=16, help="training images in the grid (default 16)"

@@ -17,30 +17,33 @@ import copy
 import logging
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
-from torchvision.ops import box_iou
 
 from data.records import BadSampleError, read_image
-from engine.export import end_to_end_pipeline
-from engine.loading import build_model_to_run
-from utils.cli import add_checkpoint_argument, add_config_arguments, positive_int, run_command
+from data.transforms import resize_batch, resize_image
+from engine.inference import SpeedOptions, build_pipeline
+from engine.loading import load_model
+from utils.boxes import box_iou
+from utils.cli import (
+    add_calibration_argument,
+    add_checkpoint_argument,
+    positive_int,
+    run_command,
+    script_parser,
+)
 from utils.log import setup_logging
 
 logger = logging.getLogger(__name__)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Compare the int8 end-to-end ONNX detector with the float32 one.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__,
+    parser = script_parser(
+        "Compare the int8 end-to-end ONNX detector with the float32 one.", __doc__, config=True
     )
-    add_config_arguments(parser)
     add_checkpoint_argument(parser, help="weights (default: random, seeded by --seed)")
     parser.add_argument("--images", type=Path, required=True, help="a folder of photos")
-    parser.add_argument("--calibration-images", type=positive_int, default=32)
+    add_calibration_argument(parser, source="images of --images")
     parser.add_argument("--test-images", type=positive_int, default=32)
     parser.add_argument("--top", type=positive_int, default=20, help="detections per image")
     parser.add_argument("--seed", type=int, default=0)
@@ -55,22 +58,32 @@ def read_folder(folder: Path, size: int) -> np.ndarray:
             image = read_image(path)
         except BadSampleError:
             continue  # not an image
-        images.append(cv2.resize(image, (size, size)).transpose(2, 0, 1))
-    return np.stack(images)
+        images.append(resize_image(image, size))
+    return resize_batch(images, size, channels_first=True)
 
 
 def main(args: argparse.Namespace) -> int:
     setup_logging(is_main=True)
     torch.manual_seed(args.seed)
-    config, model = build_model_to_run(args.config, args.overrides, args.checkpoint)
+    config, model, _ = load_model(args.config, args.overrides, args.checkpoint)
     model.eval()
     images = read_folder(args.images, config.model.image_size)
     calibration = images[: args.calibration_images]
     test = images[args.calibration_images :][: args.test_images]
     if len(test) == 0:
         raise ValueError(f"{args.images}: no images left after the calibration images")
-    fp32 = end_to_end_pipeline(copy.deepcopy(model), config)
-    int8 = end_to_end_pipeline(model, config, calibration=lambda: [calibration])
+    cpu = torch.device("cpu")
+    fp32 = build_pipeline(
+        copy.deepcopy(model), config, backend="onnxruntime", device=cpu, options=SpeedOptions()
+    )
+    int8 = build_pipeline(
+        model,
+        config,
+        backend="onnxruntime",
+        device=cpu,
+        options=SpeedOptions(),
+        calibration=lambda: [calibration],
+    )
     ious, agree, score_differences = [], [], []
     for image in test:
         want = fp32.forward(torch.from_numpy(image[None]))

@@ -9,7 +9,8 @@ import argparse
 import json
 from typing import Any
 
-from models.build import build_model, count_flops, count_parameters, measure_feature_map_sizes
+from models.build import build_model, measure_feature_map_sizes
+from models.counting import count_flops, count_parameters
 from utils.cli import add_config_arguments, run_command
 from utils.config import load_config
 

@@ -169,10 +169,18 @@ def config_and_checkpoint(
         return load_config(config_path, overrides), checkpoint
     if checkpoint is None:
         raise ConfigError("give --config, or --checkpoint of this project (it holds its config)")
-    config = config_from_dict(checkpoint["config"], source=str(checkpoint_path))
+    return checkpoint_config(checkpoint, overrides, source=checkpoint_path), checkpoint
+
+
+def checkpoint_config(
+    checkpoint: dict[str, Any], overrides: list[str], *, source: str | Path
+) -> Config:
+    """The config a project checkpoint holds, with ``overrides`` applied (``source``
+    names the file in errors)."""
+    config = config_from_dict(checkpoint["config"], source=str(source))
     for override in overrides:
         config = apply_override(config, override)
-    return config, checkpoint
+    return config
 
 
 def read_project_checkpoint(path: str | Path) -> dict[str, Any] | None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from utils.config import AT_LEAST_ONE, PROBABILITY, Range
-from utils.device import AMP_CHOICES, DEVICE_CHOICES
+from utils.device import AMP_CHOICES, BACKENDS, DEVICE_CHOICES
 from utils.errors import UserError, user_message
 
 
@@ -32,6 +32,21 @@ def number_in(kind: type[int] | type[float], allowed: Range) -> Callable[[str], 
 
 probability = number_in(float, PROBABILITY)
 positive_int = number_in(int, AT_LEAST_ONE)
+
+
+def script_parser(
+    description: str, doc: str | None = None, *, config: bool = False
+) -> argparse.ArgumentParser:
+    """A script's parser: ``description`` on top, the module docstring ``doc`` (its usage
+    examples) under the flags, as written; with ``config`` the config arguments too."""
+    parser = argparse.ArgumentParser(
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=doc,
+    )
+    if config:
+        add_config_arguments(parser)
+    return parser
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -79,7 +94,7 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     """``--backend torch|onnxruntime`` and the ``--onnx`` file the latter may run."""
     parser.add_argument(
         "--backend",
-        choices=["torch", "onnxruntime"],
+        choices=BACKENDS,
         default="torch",
         help="run the model in PyTorch (default) or as one end-to-end ONNX graph (network "
         "and post-processing) in ONNX Runtime on the CPU",
@@ -97,11 +112,58 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --backend onnxruntime: quantize the convolutions to int8 (weights per "
         "channel, activations per tensor; post-processing stays float32)",
     )
+    add_calibration_argument(parser)
+
+
+def add_calibration_argument(
+    parser: argparse.ArgumentParser, *, source: str = "training images"
+) -> None:
+    """``--calibration-images N``: how many images calibrate int8 activation ranges."""
     parser.add_argument(
         "--calibration-images",
         type=positive_int,
         default=64,
-        help="training images whose activation ranges calibrate --int8 (default 64)",
+        help=f"{source} whose activation ranges calibrate int8 (default 64)",
+    )
+
+
+def add_fold_bn_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--fold-bn",
+        action="store_true",
+        help="fold BatchNorm into the preceding convs (same outputs, faster)",
+    )
+
+
+def add_channels_last_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="NHWC activations (same outputs; much faster on CPUs with oneDNN)",
+    )
+
+
+def add_repeats_argument(parser: argparse.ArgumentParser, *, default: int, what: str) -> None:
+    """``--repeats N``: how many timed runs of ``what`` a timing takes its median over."""
+    parser.add_argument(
+        "--repeats",
+        type=positive_int,
+        default=default,
+        help=f"timed {what} (default {default})",
+    )
+
+
+def add_out_argument(
+    parser: argparse.ArgumentParser,
+    *,
+    help: str,
+    required: bool = False,
+    aliases: tuple[str, ...] = (),
+) -> None:
+    """``--out PATH``, the one name of every script's "write it here" flag (``aliases``
+    keep the names earlier releases used)."""
+    parser.add_argument(
+        "--out", *aliases, dest="out", type=Path, required=required, default=None, help=help
     )
 
 
@@ -109,16 +171,8 @@ def add_speed_arguments(parser: argparse.ArgumentParser, *, all_paths: bool = Fa
     """The inference speed paths (``engine.inference.SpeedOptions``) as flags: BatchNorm
     folding and NHWC; with ``all_paths`` also inference mode, compile, autocast and CUDA
     graphs."""
-    parser.add_argument(
-        "--fold-bn",
-        action="store_true",
-        help="fold BatchNorm into the preceding convs (same outputs, faster)",
-    )
-    parser.add_argument(
-        "--channels-last",
-        action="store_true",
-        help="NHWC activations (same outputs; much faster on CPUs with oneDNN)",
-    )
+    add_fold_bn_argument(parser)
+    add_channels_last_argument(parser)
     if not all_paths:
         return
     parser.add_argument(
@@ -136,6 +190,16 @@ def add_speed_arguments(parser: argparse.ArgumentParser, *, all_paths: bool = Fa
     parser.add_argument(
         "--cuda-graphs", action="store_true", help="replay the forward as a CUDA graph"
     )
+
+
+# The speed flags' destinations: the fields of engine.inference.SpeedOptions.
+SPEED_FLAGS = ("fold_bn", "channels_last", "inference_mode", "compile", "autocast", "cuda_graphs")
+
+
+def speed_flags(args: argparse.Namespace) -> dict[str, object]:
+    """The values of the speed flags a script has (:func:`add_speed_arguments`), by
+    SpeedOptions field: ``SpeedOptions(**speed_flags(args), inference_mode=True)``."""
+    return {name: getattr(args, name) for name in SPEED_FLAGS if hasattr(args, name)}
 
 
 def run_command(

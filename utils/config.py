@@ -222,7 +222,7 @@ class TrainConfig:
     # AVX2 EPYC NHWC trained it at 0.93x: slow BatchNorm at 8 channels).
     channels_last: bool | Literal["auto"] = "auto"
     sync_bn: bool = False
-    # Evaluate (VOC07 mAP on the val sets) every N epochs and at the end; 0 = only at
+    # Evaluate (eval.metric on the val sets) every N epochs and at the end; 0 = only at
     # the end. The best score keeps best.pt.
     eval_interval: int = 10
     checkpoint_interval: int = 1

@@ -17,6 +17,9 @@ if TYPE_CHECKING:
 # The choices, typed once: the config's keys and the scripts' flags take them from here.
 DeviceChoice = Literal["auto", "cpu", "cuda"]
 DEVICE_CHOICES: tuple[str, ...] = get_args(DeviceChoice)
+# Where a script's network runs: PyTorch, or the end-to-end ONNX graph in ONNX Runtime.
+Backend = Literal["torch", "onnxruntime"]
+BACKENDS: tuple[str, ...] = get_args(Backend)
 # What ``train.amp`` and ``--amp`` name: float32, the machine's fastest precision
 # (:func:`resolve_precision`), or autocast to bfloat16 / float16.
 AmpChoice = Literal["none", "auto", "bf16", "fp16"]

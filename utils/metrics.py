@@ -19,10 +19,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from utils.boxes import box_iou_np
+
 
 @dataclass
 class ClassResult:
-    """AP of one class with its precision/recall curve (``None`` without positives)."""
+    """AP of one class with its precision/recall curve (AP NaN without positives)."""
 
     ap: float
     num_positives: int
@@ -47,22 +49,6 @@ def average_precision(recall: np.ndarray, precision: np.ndarray, use_07_metric: 
             (recall_points[changes + 1] - recall_points[changes]) * precision_points[changes + 1]
         )
     )
-
-
-def _pairwise_iou(boxes_a: np.ndarray, boxes_b: np.ndarray, inclusive: bool) -> np.ndarray:
-    """IoU of row-aligned pairs ``[N, 4]`` x ``[N, 4]``; ``inclusive`` adds the devkit's +1
-    (1-based inclusive pixel coordinates)."""
-    extra = 1.0 if inclusive else 0.0
-    widths = (
-        np.minimum(boxes_a[:, 2], boxes_b[:, 2]) - np.maximum(boxes_a[:, 0], boxes_b[:, 0]) + extra
-    )
-    heights = (
-        np.minimum(boxes_a[:, 3], boxes_b[:, 3]) - np.maximum(boxes_a[:, 1], boxes_b[:, 1]) + extra
-    )
-    inter = np.clip(widths, 0.0, None) * np.clip(heights, 0.0, None)
-    area_a = (boxes_a[:, 2] - boxes_a[:, 0] + extra) * (boxes_a[:, 3] - boxes_a[:, 1] + extra)
-    area_b = (boxes_b[:, 2] - boxes_b[:, 0] + extra) * (boxes_b[:, 3] - boxes_b[:, 1] + extra)
-    return inter / (area_a + area_b - inter)
 
 
 def evaluate_class(
@@ -106,7 +92,7 @@ def evaluate_class(
     pair_gt = gt_order[starts[pair_det] + np.arange(pair_det.size) - offsets[pair_det]]
     # Degenerate boxes give NaN overlaps, which (as in the devkit) never match.
     with np.errstate(invalid="ignore", divide="ignore"):
-        iou = _pairwise_iou(det_boxes[pair_det], gt_boxes[pair_gt], inclusive)
+        iou = box_iou_np(det_boxes[pair_det], gt_boxes[pair_gt], inclusive=inclusive)
         best_iou = np.full(num_dets, -np.inf)
         np.maximum.at(best_iou, pair_det, iou)
     # First ground-truth box reaching the maximum (the devkit's max() returns the first).

@@ -18,9 +18,9 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-def synchronize(device: torch.device) -> None:
-    """Wait for queued CUDA work (CPU work is synchronous)."""
-    if device.type == "cuda":
+def synchronize(device: torch.device | None) -> None:
+    """Wait for queued CUDA work (CPU work, and work on no device, is synchronous)."""
+    if device is not None and device.type == "cuda":
         import torch
 
         torch.cuda.synchronize(device)
@@ -89,12 +89,12 @@ def run_interleaved(
 def time_interleaved(
     functions: Mapping[str, Callable[[], Any]],
     *,
-    device: torch.device,
+    device: torch.device | None = None,
     warmup: int = 3,
     repeats: int = 20,
 ) -> dict[str, list[float]]:
-    """Seconds per call of each function (device-synchronised), ``repeats`` times each,
-    measured by :func:`run_interleaved`."""
+    """Seconds per call of each function (synchronised with ``device``'s queue when it
+    is a GPU), ``repeats`` times each, measured by :func:`run_interleaved`."""
 
     def timed(function: Callable[[], Any]) -> Callable[[], float]:
         def call() -> float:

@@ -225,12 +225,92 @@ def write_metrics(result: dict[str, Any], directory: Path) -> Path:
     return path
 
 
+class VocScoring:
+    """The VOC metrics' side of :class:`Evaluator`: flat detection arrays, scored by the
+    devkit's matching (11-point or area AP)."""
+
+    def __init__(
+        self,
+        records: Sequence[AnnotationRecord],
+        class_names: Sequence[str],
+        *,
+        use_07_metric: bool,
+        iou_threshold: float,
+    ) -> None:
+        self.records = records
+        self.class_names = list(class_names)
+        self.use_07_metric = use_07_metric
+        self.iou_threshold = iou_threshold
+
+    def results_of(self, detections: Sequence[dict[str, np.ndarray] | None]) -> Any:
+        return voc_results_arrays(detections)
+
+    def write(self, detections: Sequence[dict[str, np.ndarray] | None], directory: Path) -> None:
+        """Nothing beyond the devkit files every metric writes."""
+
+    def read(self, directory: Path) -> Any:
+        return read_voc_results_arrays(directory, self.records, self.class_names)
+
+    def score(self, results: Any) -> dict[str, Any]:
+        return score_voc_results(
+            results,
+            self.records,
+            self.class_names,
+            use_07_metric=self.use_07_metric,
+            iou_threshold=self.iou_threshold,
+        )
+
+
+class CocoScoring:
+    """The COCO metric's side of :class:`Evaluator`: results entries against a
+    pycocotools ground truth built once, from the set's own annotation file (COCO data)
+    or from the records (other data; difficult objects become crowd boxes)."""
+
+    def __init__(
+        self,
+        records: Sequence[AnnotationRecord],
+        class_names: Sequence[str],
+        annotation_file: Path | None,
+    ) -> None:
+        self.records = records
+        self.class_names = list(class_names)
+        self.coco, self.image_ids, self.category_ids = coco_truth_and_ids(
+            records, class_names, annotation_file
+        )
+
+    def results_of(self, detections: Sequence[dict[str, np.ndarray] | None]) -> Any:
+        return coco_results(detections, self.image_ids, self.category_ids)
+
+    def write(self, detections: Sequence[dict[str, np.ndarray] | None], directory: Path) -> None:
+        entries = self.results_of(detections)
+        (directory / COCO_RESULTS_FILE).write_text(json.dumps(entries), encoding="utf-8")
+
+    def read(self, directory: Path) -> Any:
+        """``detections_coco.json``; a directory with the devkit files and no such file
+        (the results of another detector, say) is scored from the devkit files, against
+        the same COCO ground truth as this project's."""
+        path = directory / COCO_RESULTS_FILE
+        if (
+            not path.is_file()
+            and (directory / f"{VOC_RESULTS_PREFIX}{self.class_names[0]}.txt").is_file()
+        ):
+            arrays = read_voc_results_arrays(directory, self.records, self.class_names)
+            return self.results_of(detections_of_arrays(arrays, len(self.records)))
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: COCO results file not found")
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: not a JSON file ({error})") from error
+
+    def score(self, results: Any) -> dict[str, Any]:
+        return score_coco(self.coco, results, self.class_names)
+
+
 class Evaluator:
     """The metric ``eval.metric`` names, on one validation set: VOC07 (11-point),
-    VOC2010+ (area) or COCO AP. train.py and test.py both score through it.
-
-    The COCO ground truth is built once, here: from the set's own annotation file
-    (COCO data) or from the records (other data; difficult objects become crowd boxes).
+    VOC2010+ (area) or COCO AP. train.py and test.py both score through it; the metric
+    is chosen once, here (:class:`VocScoring` or :class:`CocoScoring`).
 
     Args:
         metric: ``voc07``, ``voc10`` or ``coco``.
@@ -254,12 +334,16 @@ class Evaluator:
         self.metric = metric
         self.records = records
         self.class_names = list(class_names)
-        self.iou_threshold = iou_threshold
-        self.coco = None
-        if metric == "coco":
-            self.coco, self.image_ids, self.category_ids = coco_truth_and_ids(
-                records, class_names, annotation_file
+        self.scoring: VocScoring | CocoScoring = (
+            CocoScoring(records, class_names, annotation_file)
+            if metric == "coco"
+            else VocScoring(
+                records,
+                class_names,
+                use_07_metric=metric == "voc07",
+                iou_threshold=iou_threshold,
             )
+        )
 
     @classmethod
     def from_config(
@@ -284,58 +368,28 @@ class Evaluator:
     def results_of(self, detections: Sequence[dict[str, np.ndarray] | None]) -> Any:
         """Per-image detections (0-based pixels) as what :meth:`score_results` takes:
         COCO results entries, or the VOC metrics' flat arrays."""
-        if self.coco is not None:
-            return coco_results(detections, self.image_ids, self.category_ids)
-        return voc_results_arrays(detections)
+        return self.scoring.results_of(detections)
 
     def write_results(
         self, detections: Sequence[dict[str, np.ndarray] | None], directory: Path
     ) -> None:
         """The VOC devkit files, and ``detections_coco.json`` for the COCO metric."""
         write_voc_results(self.records, detections, self.class_names, directory)
-        if self.coco is not None:
-            entries = self.results_of(detections)
-            (directory / COCO_RESULTS_FILE).write_text(json.dumps(entries), encoding="utf-8")
+        self.scoring.write(detections, directory)
 
     def read_results(self, directory: Path) -> Any:
-        """The results a directory holds (:meth:`write_results`' files). For the COCO
-        metric, a directory with the devkit files and no ``detections_coco.json`` (the
-        results of another detector, say) is scored from the devkit files.
+        """The results a directory holds (:meth:`write_results`' files).
 
         Raises:
             FileNotFoundError: a results file is missing.
             ValueError: a results file is malformed (file and line named).
         """
-        if self.coco is not None:
-            path = directory / COCO_RESULTS_FILE
-            if (
-                not path.is_file()
-                and (directory / f"{VOC_RESULTS_PREFIX}{self.class_names[0]}.txt").is_file()
-            ):
-                # Another detector's devkit files (e.g. converted from its own output):
-                # scored against the same COCO ground truth as this project's.
-                arrays = read_voc_results_arrays(directory, self.records, self.class_names)
-                return self.results_of(detections_of_arrays(arrays, len(self.records)))
-            if not path.is_file():
-                raise FileNotFoundError(f"{path}: COCO results file not found")
-            try:
-                return json.loads(path.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}: not a JSON file ({error})") from error
-        return read_voc_results_arrays(directory, self.records, self.class_names)
+        return self.scoring.read(directory)
 
     def score_results(self, results: Any) -> dict[str, Any]:
         """``metric``, ``mAP``, ``ap_per_class`` and, for VOC, each class's ``curves``;
         for COCO also AP50, AP75, ..., AR_large and pycocotools' printed ``summary``."""
-        if self.coco is not None:
-            return score_coco(self.coco, results, self.class_names)
-        return score_voc_results(
-            results,
-            self.records,
-            self.class_names,
-            use_07_metric=self.metric == "voc07",
-            iou_threshold=self.iou_threshold,
-        )
+        return self.scoring.score(results)
 
     def score(self, detections: Sequence[dict[str, np.ndarray] | None]) -> dict[str, Any]:
         """:meth:`score_results` of per-image detections (None counts as no detections)."""

@@ -11,9 +11,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from utils.config import PriorConfig
 
 Size2d = int | tuple[int, int]
 
@@ -44,6 +49,43 @@ def location_shapes(
         shapes.append((min_w * root, min_h / root))
         shapes.append((min_w / root, min_h * root))
     return shapes
+
+
+@dataclass(frozen=True)
+class MapGrid:
+    """Where one feature map's priors sit: ``rows x columns`` centres, the one of cell
+    (row ``i``, column ``j``) at ``((j + 0.5) / spans_x, (i + 0.5) / spans_y)`` in
+    normalised image coordinates, ``spans`` being how many cell strides span the image
+    (the map's size, or image size / step where steps are configured)."""
+
+    rows: int
+    columns: int
+    spans_x: float
+    spans_y: float
+
+    def centres(self) -> Tensor:
+        """``[rows, columns, 2]`` float64 (x, y) of the cell centres, unclipped."""
+        centre_x = (torch.arange(self.columns, dtype=torch.float64) + 0.5) / self.spans_x
+        centre_y = (torch.arange(self.rows, dtype=torch.float64) + 0.5) / self.spans_y
+        grid_y, grid_x = torch.meshgrid(centre_y, centre_x, indexing="ij")
+        return torch.stack([grid_x, grid_y], dim=-1)
+
+
+def map_grids(
+    image_size: Size2d, feature_map_sizes: Sequence[Size2d], steps: Sequence[float] | None
+) -> list[MapGrid]:
+    """The prior centre grids of these feature maps: the one definition of where priors
+    sit, for the generator and for the prior fitting."""
+    image_height, image_width = _pair(image_size)
+    grids = []
+    for index, map_size in enumerate(feature_map_sizes):
+        rows, columns = _pair(map_size)
+        if steps is None:
+            step_y, step_x = image_height / rows, image_width / columns
+        else:
+            step_y = step_x = steps[index]
+        grids.append(MapGrid(rows, columns, image_width / step_x, image_height / step_y))
+    return grids
 
 
 class PriorGenerator:
@@ -97,14 +139,24 @@ class PriorGenerator:
         self.steps = None if steps is None else [float(step) for step in steps]
         self.clip = clip
 
+    @classmethod
+    def from_config(cls, priors: PriorConfig) -> PriorGenerator:
+        """The generator of a config's ``priors`` section."""
+        return cls(
+            min_sizes=priors.min_sizes,
+            max_sizes=priors.max_sizes,
+            aspect_ratios=priors.aspect_ratios,
+            steps=priors.steps,
+            clip=priors.clip,
+        )
+
     @property
     def num_feature_maps(self) -> int:
         return len(self.min_sizes)
 
     def num_priors_per_location(self) -> list[int]:
         """Boxes per location for each feature map (what each head must predict)."""
-        squares = 1 if self.max_sizes is None else 2
-        return [squares + 2 * len(ratios) for ratios in self.aspect_ratios]
+        return [len(self._sizes_at(index, 1, 1)) for index in range(self.num_feature_maps)]
 
     def num_priors(self, feature_map_sizes: Sequence[Size2d]) -> int:
         """Total prior count for the given feature-map sizes."""
@@ -128,18 +180,9 @@ class PriorGenerator:
         # Float64 throughout, as the reference computes them in Python floats, so the
         # float32 result is bit-identical to it.
         per_map = []
-        for index, map_size in enumerate(feature_map_sizes):
-            map_height, map_width = _pair(map_size)
-            if self.steps is None:
-                step_y, step_x = image_height / map_height, image_width / map_width
-            else:
-                step_y = step_x = self.steps[index]
-            centre_x = (torch.arange(map_width, dtype=torch.float64) + 0.5) / (image_width / step_x)
-            centre_y = (torch.arange(map_height, dtype=torch.float64) + 0.5) / (
-                image_height / step_y
-            )
-            grid_y, grid_x = torch.meshgrid(centre_y, centre_x, indexing="ij")
-            centres = torch.stack([grid_x, grid_y], dim=-1)  # [H, W, 2]
+        for index, grid in enumerate(map_grids(image_size, feature_map_sizes, self.steps)):
+            map_height, map_width = grid.rows, grid.columns
+            centres = grid.centres()  # [H, W, 2]
             sizes = torch.tensor(
                 self._sizes_at(index, image_height, image_width), dtype=torch.float64
             )  # [A, 2]

@@ -25,19 +25,9 @@ from models.weights import (
     load_backbone_weights,
     load_detector_weights,
 )
-from utils.config import Config, ModelConfig, PriorConfig
+from utils.config import Config, ModelConfig
 
 logger = logging.getLogger(__name__)
-
-
-def build_prior_generator(priors: PriorConfig) -> PriorGenerator:
-    return PriorGenerator(
-        min_sizes=priors.min_sizes,
-        max_sizes=priors.max_sizes,
-        aspect_ratios=priors.aspect_ratios,
-        steps=priors.steps,
-        clip=priors.clip,
-    )
 
 
 def build_loss(config: Config, priors_cxcywh: Tensor) -> MultiBoxLoss:
@@ -161,7 +151,7 @@ def build_model(
     backbone = build_backbone(model_config)
     features = build_features(model_config, backbone)
     map_sizes = measure_feature_map_sizes(features, model_config.image_size)
-    generator = build_prior_generator(config.priors)
+    generator = PriorGenerator.from_config(config.priors)
     if generator.num_feature_maps != len(map_sizes):
         raise ValueError(
             f"the network has {len(map_sizes)} detection maps {map_sizes} but the priors "

@@ -19,7 +19,7 @@ from data.records import ProblemReport, problem_kind
 from data.sources import DataError, read_records
 from data.statistics import split_statistics
 from data.voc import VOC_CLASSES, read_voc_format
-from engine.prior_fitting import ssd_rule_priors
+from layers.prior_search import ssd_rule_priors
 from models.build import build_model
 from tests.conftest import REPO_ROOT
 from tools import augment_benchmark, inspect_data, make_config, yolo_dataset

@@ -5,7 +5,8 @@ import pytest
 import torch
 import yaml
 
-from engine.prior_fitting import (
+from engine.prior_fitting import training_boxes
+from layers.prior_search import (
     MapPriors,
     PriorSearch,
     ShapeScorer,
@@ -13,12 +14,11 @@ from engine.prior_fitting import (
     fit_priors,
     generate_priors,
     grid_limit,
-    map_grids,
     map_settings,
     prior_coverage,
     spread,
-    training_boxes,
 )
+from layers.priors import map_grids
 from models.build import build_model, measure_feature_map_sizes
 from tests.conftest import REPO_ROOT
 from tools.fit_priors import fragment

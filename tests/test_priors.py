@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from layers.priors import PriorGenerator
-from models.build import build_prior_generator
 from tests.conftest import REPO_ROOT
 from utils.config import load_config
 
@@ -25,7 +24,7 @@ def test_configs_reproduce_reference_priors_exactly(shared_dir, setting):
     config_name, image_size, feature_maps = REFERENCE_SETTINGS[setting]
     config = load_config(REPO_ROOT / "configs" / config_name)
     assert config.model.image_size == image_size
-    generator = build_prior_generator(config.priors)
+    generator = PriorGenerator.from_config(config.priors)
     priors = generator(image_size, feature_maps)
     assert priors.dtype == torch.float32
     assert priors.shape == reference.shape
@@ -34,11 +33,12 @@ def test_configs_reproduce_reference_priors_exactly(shared_dir, setting):
 
 def test_prior_counts_match_reference_networks():
     config = load_config(REPO_ROOT / "configs" / "fssd300_voc.yaml")
-    generator = build_prior_generator(config.priors)
+    generator = PriorGenerator.from_config(config.priors)
     assert generator.num_priors_per_location() == [6, 6, 6, 6, 4, 4]
     assert generator.num_priors([38, 19, 10, 5, 3, 1]) == 11620
     config512 = load_config(REPO_ROOT / "configs" / "fssd512_voc.yaml")
-    assert build_prior_generator(config512.priors).num_priors([64, 32, 16, 8, 4, 2, 1]) == 32756
+    generator512 = PriorGenerator.from_config(config512.priors)
+    assert generator512.num_priors([64, 32, 16, 8, 4, 2, 1]) == 32756
 
 
 def test_hand_computed_priors_and_order():

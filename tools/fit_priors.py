@@ -9,7 +9,7 @@ both by box size at the model's input), fits min/max sizes and aspect ratios wit
 most as many priors (``--max-priors``), prints the same table for them and writes the
 ``priors`` section as a YAML fragment to paste into the config (``--out``), and the same
 as overrides for the command line. It also prints the most any prior settings could
-cover on the model's feature-map grid. See ``engine/prior_fitting.py``.
+cover on the model's feature-map grid. See ``layers/prior_search.py``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from pathlib import Path
 
 import yaml
 
-from engine.prior_fitting import RESTARTS, SAMPLE, Coverage, fit_config_priors
+from engine.prior_fitting import fit_config_priors
+from layers.prior_search import RESTARTS, SAMPLE, Coverage
 from utils.cli import (
     number_in,
     positive_int,

@@ -30,7 +30,7 @@ from data.loader import build_transform
 from data.records import AnnotationRecord, BadSampleError, ProblemReport, read_image
 from data.sources import prepare_data, read_records, resolve_class_names
 from data.statistics import SplitStatistics, split_statistics
-from engine.prior_fitting import map_settings
+from layers.prior_search import map_settings
 from utils.cli import (
     positive_int,
     run_command,

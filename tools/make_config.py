@@ -50,8 +50,9 @@ import yaml
 
 from data.layouts import DataLayout, discover_layout
 from data.sources import read_records
-from engine.prior_fitting import PriorFit, fit_config_priors, ssd_rule_priors
+from engine.prior_fitting import PriorFit, fit_config_priors
 from engine.throughput import training_images_per_second
+from layers.prior_search import ssd_rule_priors
 from models.build import feature_map_sizes
 from utils.cli import (
     number_in,

@@ -13,12 +13,18 @@ channels. What is prunable on each architecture (VGG trunk, ResNet block interio
 MobileNetV2 expansions, extras, fusion, pyramid) is described in ``models/pruning.py``.
 The output checkpoint stores the channel widths next to the weights, so ``test.py``,
 ``demo.py`` and ``train.py --init/--resume`` rebuild the pruned model from it.
+
+A pruned checkpoint can be slimmed again: train it with sparsity (``--init``), prune
+that checkpoint (``--ratio`` and ``--min-keep`` then count the channels it has), and
+fine-tune. The widths compose, and every checkpoint lists the rounds
+(``pruning_rounds``).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import io
 import logging
 from pathlib import Path
@@ -29,6 +35,7 @@ import torch
 from engine.inference import SpeedOptions, build_pipeline, prepare_for_inference
 from engine.loading import load_model
 from engine.speed import PipelineRunner, measure
+from models.build import build_model
 from models.counting import count_flops, count_parameters
 from models.detector import SingleShotDetector
 from models.pruning import (
@@ -39,7 +46,7 @@ from models.pruning import (
     select_channels,
     select_to_widths,
 )
-from utils.checkpoint import make_checkpoint, save_checkpoint
+from utils.checkpoint import channel_widths, make_checkpoint, pruning_rounds, save_checkpoint
 from utils.cli import (
     add_channels_last_argument,
     add_checkpoint_argument,
@@ -219,6 +226,15 @@ def main(args: argparse.Namespace) -> int:
         f"pruned {total - kept} of {total} channels ({(total - kept) / total:.1%}) in "
         f"{len(groups)} layers; global |gamma| threshold {threshold:.4g}"
     )
+    previous_rounds = pruning_rounds(checkpoint)
+    first = previous_rounds[0] if previous_rounds else {}
+    if "channels" in first and "params" in first:
+        unpruned_channels, unpruned_params = first["channels"][0], first["params"][0]
+        print(
+            f"round {len(previous_rounds) + 1}: {kept} of the unpruned model's "
+            f"{unpruned_channels} channels left ({kept / unpruned_channels:.1%}), "
+            f"params {after['params'] / unpruned_params:.1%} of its {unpruned_params:,}"
+        )
     print(f"{'':<12}{'before':>14}{'after':>14}{'ratio':>9}")
     for key, label, fmt in (
         ("params", "params", "{:,.0f}"),
@@ -232,29 +248,48 @@ def main(args: argparse.Namespace) -> int:
 
     name = args.widths.stem if args.widths is not None else f"{args.ratio:g}"
     out = args.out or args.checkpoint.parent / f"pruned_{name}.pt"
-    previous_widths = (checkpoint or {}).get("channel_widths") or {}
+    this_round = {
+        "round": len(previous_rounds) + 1,
+        "source": str(args.checkpoint),
+        "ratio": ratio,
+        "widths_file": str(args.widths) if args.widths is not None else None,
+        "threshold": threshold,
+        "min_keep_fraction": args.min_keep,
+        "multiple_of": args.multiple_of,
+        "compensation": not args.no_compensation,
+        "channels": [total, kept],
+        "params": [int(before["params"]), int(after["params"])],
+    }
     state = make_checkpoint(
         config=config,
         model_state=model.state_dict(),
         class_names=(checkpoint or {}).get("class_names") or [],
-        channel_widths={**previous_widths, **widths},
-        pruning={
-            "source": str(args.checkpoint),
-            "ratio": ratio,
-            "widths_file": str(args.widths) if args.widths is not None else None,
-            "threshold": threshold,
-            "min_keep_fraction": args.min_keep,
-            "multiple_of": args.multiple_of,
-            "compensation": not args.no_compensation,
-        },
+        # Every group's width, as this round leaves it: the widths compose.
+        channel_widths={**channel_widths(checkpoint), **widths},
+        pruning=this_round,
+        pruning_rounds=[*previous_rounds, this_round],
     )
     save_checkpoint(state, out)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB on disk)")
 
     if original is not None:
         folded = prepare_for_inference(copy.deepcopy(model), SpeedOptions(fold_bn=True))
+        models = {"unpruned": original}
+        if previous_rounds:
+            # A later round: its input is the previous round's model; the unpruned
+            # model (its architecture; timing does not depend on the weights' values)
+            # stays the reference, so every round's speed-up is against the same model.
+            full = build_model(
+                dataclasses.replace(
+                    config, model=dataclasses.replace(config.model, widths_file=None)
+                ),
+                load_weights=False,
+                channel_widths={},
+            ).eval()
+            models = {"unpruned": full, f"round {len(previous_rounds)}": original}
+        models.update({"pruned": model, "pruned+folded": folded})
         timings = benchmark(
-            {"unpruned": original, "pruned": model, "pruned+folded": folded},
+            models,
             config,
             args.repeats,
             SpeedOptions(channels_last=args.channels_last, inference_mode=True),

@@ -4,6 +4,7 @@
     python test.py --checkpoint runs/fssd300_voc/best.pt eval.metric=voc10
     python test.py --config configs/fssd300_voc.yaml --checkpoint FSSD_VGG16_VOC.pth
     python test.py --config configs/fssd300_voc.yaml --eval-only runs/fssd300_voc/eval
+    torchrun --nproc_per_node 4 test.py --checkpoint runs/fssd300_voc/best.pt
 
 The results directory (``--out``, default ``train.output_dir/eval``) receives the
 VOC devkit files ``comp4_det_test_<class>.txt`` (``image_id score x1 y1 x2 y2``, 1-based
@@ -11,12 +12,17 @@ pixels), ``detections_coco.json`` for the COCO metric, ``metrics.json`` and
 ``pr_curves.png`` (every class's precision/recall curve). ``--eval-only`` scores such a
 directory without a model, and without loading torch (its metrics and plot go to
 ``--out`` when given, else into it); ``--profile`` prints the seconds each stage took.
+
+Under ``torchrun`` every process runs the model on its share of the batches (the batches
+one process would run, every N-th) and rank 0 gathers the detections and scores them:
+the same detections and metrics as one process.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -99,37 +105,67 @@ def run_model(
     checkpoint: dict[str, Any] | None,
     records: list[AnnotationRecord],
     class_names: list[str],
-) -> tuple[list[dict[str, Any] | None], dict[str, Any]]:
-    """Detections (per record, pixels) of the model and its speed."""
+) -> tuple[list[dict[str, Any] | None] | None, dict[str, Any]]:
+    """Detections (per record, pixels) of the model and its speed. Under torchrun each
+    process runs its share and rank 0 gets all the detections (the others None)."""
+    import torch
+
     from data.loader import build_dataset, build_eval_loader
-    from engine.inference import SpeedOptions, build_pipeline, predict
+    from engine.inference import SpeedOptions, build_pipeline, predict_on_ranks
     from engine.loading import build_detector
     from engine.quantize import int8_calibration
     from utils.device import choose_device
+    from utils.distributed import cleanup, collective_error, init_distributed
 
     if args.checkpoint is None and not config.model.weights:
         raise ConfigError("give --checkpoint (or model.weights) to evaluate a model")
     device = choose_device(args.device, origin="--device")
-    model = build_detector(config, checkpoint=checkpoint, weights=args.checkpoint, pretrained=True)
-    pipeline = build_pipeline(
-        model,
-        config,
-        backend=args.backend,
-        device=device,
-        options=SpeedOptions(**speed_flags(args), inference_mode=True),
-        onnx_path=args.onnx,
-        calibration=int8_calibration(config, args.calibration_images if args.int8 else None),
-    )
-    dataset = build_dataset(config, "val", class_names, records)
-    detections, timing = predict(pipeline, build_eval_loader(dataset, config))
+    context = init_distributed(device.type == "cuda", config.train.dist_timeout_minutes)
+    if device.type == "cuda" and context.is_distributed:
+        device = torch.device("cuda", context.local_rank)
+    try:
+        model = build_detector(
+            config, checkpoint=checkpoint, weights=args.checkpoint, pretrained=True
+        )
+        pipeline = build_pipeline(
+            model,
+            config,
+            backend=args.backend,
+            device=device,
+            options=SpeedOptions(**speed_flags(args), inference_mode=True),
+            onnx_path=args.onnx,
+            calibration=int8_calibration(config, args.calibration_images if args.int8 else None),
+        )
+        dataset = build_dataset(config, "val", class_names, records)
+        loader = build_eval_loader(
+            dataset, config, rank=context.rank, world_size=context.world_size
+        )
+        detections, timing = predict_on_ranks(pipeline, loader, context)
+    except RuntimeError as error:
+        failure = collective_error(
+            error, context, config.train.dist_timeout_minutes, "run the evaluation again"
+        )
+        if failure is None:
+            raise
+        raise failure from None
+    finally:
+        cleanup(context)
     backend = args.backend + (" int8" if args.int8 else "")
-    speed = {**timing.ms_per_image(), "device": f"{pipeline.device}, {backend}",
+    processes = f", {context.world_size} processes" if context.is_distributed else ""
+    speed = {**timing.ms_per_image(), "device": f"{pipeline.device}, {backend}{processes}",
              "batch_size": config.eval.batch_size}  # fmt: skip
     return detections, speed
 
 
 def main(args: argparse.Namespace) -> int:
-    setup_logging(is_main=True)
+    # Under torchrun (WORLD_SIZE > 1) the ranks other than 0 only run their share of
+    # the model's batches and hand the detections to rank 0.
+    is_main = os.environ.get("RANK", "0") == "0"
+    setup_logging(is_main=is_main)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.eval_only is not None:
+        raise ConfigError(
+            "--eval-only scores results files in one process: run it without torchrun"
+        )
     timer = StageTimer()
     with timer.stage("config"):
         config, checkpoint = resolve_config(args)
@@ -138,6 +174,9 @@ def main(args: argparse.Namespace) -> int:
     with timer.stage("annotations"):
         class_names = resolve_class_names(config)
         records = read_records(config, "val", class_names)
+    if not is_main:
+        run_model(args, config, checkpoint, records, class_names)
+        return 0
     # Results files are read from --eval-only's directory, else written to --out; the
     # metrics and the plot go to --out when given, else beside the results files.
     results_dir = args.eval_only or args.out or Path(config.train.output_dir) / "eval"

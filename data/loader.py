@@ -9,7 +9,7 @@ from typing import Any
 
 import cv2
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from data.dataset import DetectionDataset, Transform
 from data.records import AnnotationRecord
@@ -179,13 +179,36 @@ def iterations_per_epoch(dataset_size: int, batch_size: int, num_replicas: int =
     return math.ceil(dataset_size / num_replicas) // per_rank
 
 
-def build_eval_loader(dataset: DetectionDataset, config: Config) -> DataLoader:
+class ShardBatches(Sampler[list[int]]):
+    """Rank ``rank``'s share of the evaluation batches: the batches one process would
+    run (consecutive images, ``batch_size`` each, the last one shorter), every
+    ``world_size``-th from batch ``rank``. Each batch is the single-process batch, so
+    each rank's detections are those one process computes for those images."""
+
+    def __init__(self, size: int, batch_size: int, rank: int, world_size: int) -> None:
+        self.size = size
+        self.batch_size = batch_size
+        self.batches = range(rank, math.ceil(size / batch_size), world_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.batches:
+            start = batch * self.batch_size
+            yield list(range(start, min(start + self.batch_size, self.size)))
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def build_eval_loader(
+    dataset: DetectionDataset, config: Config, *, rank: int = 0, world_size: int = 1
+) -> DataLoader:
+    """Batches of ``eval.batch_size`` in dataset order; with ``world_size`` > 1, rank
+    ``rank``'s share (:class:`ShardBatches`)."""
     workers = resolve_num_workers(config.data.num_workers)
     _prepare_for_workers(workers)
     return DataLoader(
         dataset,
-        batch_size=config.eval.batch_size,
-        shuffle=False,
+        batch_sampler=ShardBatches(len(dataset), config.eval.batch_size, rank, world_size),
         num_workers=workers,
         collate_fn=collate,
         pin_memory=torch.cuda.is_available(),

@@ -47,6 +47,7 @@ from models.detector import SingleShotDetector
 from models.folding import fold_batchnorm
 from utils.config import Config, ConfigError
 from utils.device import AmpChoice, Backend, DeviceError, autocast_context, resolve_precision
+from utils.distributed import DistributedContext, gather_to_main
 from utils.log import progress_bar
 from utils.timing import synchronize
 
@@ -475,6 +476,17 @@ class Timing:
             "postprocess_ms": post,
             "fps": 1000.0 / (forward + post) if forward + post > 0 else float("nan"),
         }
+
+
+def predict_on_ranks(
+    pipeline: DetectorPipeline, loader: DataLoader, context: DistributedContext
+) -> tuple[list[dict[str, np.ndarray] | None] | None, Timing]:
+    """:func:`predict` on this rank's share of the loader's batches (``build_eval_loader``
+    with the rank and world size), the detections gathered on rank 0 (None on the
+    others); this rank's timing. One process: :func:`predict`."""
+    detections, timing = predict(pipeline, loader, show_progress=context.is_main)
+    owned = [index for batch in loader.batch_sampler for index in batch]
+    return gather_to_main(detections, owned, context), timing
 
 
 def predict(

@@ -14,15 +14,20 @@ Where each part comes from, in one place:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from models.build import build_model
+from models.class_transfer import map_classes, transfer_classes
 from models.detector import SingleShotDetector
 from models.weights import load_detector_weights
 from utils.checkpoint import channel_widths, config_and_checkpoint
 from utils.config import Config, load_config
+
+logger = logging.getLogger(__name__)
 
 
 def build_detector(
@@ -31,18 +36,31 @@ def build_detector(
     checkpoint: Mapping[str, Any] | None = None,
     weights: str | Path | None = None,
     pretrained: bool = False,
+    class_names: Sequence[str] | None = None,
+    allow_new_classes: bool = False,
 ) -> SingleShotDetector:
     """The detector of ``config`` with the widths of ``checkpoint`` (a project
     checkpoint's contents; None for none or another project's file), its weights read
     from ``weights`` when given, else with ``pretrained`` the config's pretrained
-    weights, else random."""
+    weights, else random.
+
+    With ``class_names`` (the model's classes) and a ``checkpoint`` of other classes,
+    the class predictors' rows are carried by class name
+    (:mod:`models.class_transfer`); ``allow_new_classes`` lets classes the checkpoint
+    does not have start from the fresh head instead of being an error."""
     model = build_model(
         config,
         load_weights=pretrained and weights is None,
         channel_widths=channel_widths(checkpoint),
     )
     if weights is not None:
-        load_detector_weights(model, weights)
+        adapt = None
+        source_names = (checkpoint or {}).get("class_names")
+        if class_names is not None and source_names and list(source_names) != list(class_names):
+            mapping = map_classes(source_names, class_names, allow_new=allow_new_classes)
+            logger.info("classes from %s: %s", weights, mapping.describe())
+            adapt = functools.partial(transfer_classes, model=model, mapping=mapping)
+        load_detector_weights(model, weights, adapt)
     return model
 
 

@@ -25,7 +25,7 @@ from data.records import BadSampleError, read_image
 from data.sources import prepare_data, resolve_class_names
 from engine.budget import FIRST_FIT_ITERATIONS, LoopTiming, TimeBudget, evaluation_points
 from engine.evaluation import Evaluator
-from engine.inference import SpeedOptions, build_pipeline, predict
+from engine.inference import SpeedOptions, build_pipeline, predict_on_ranks
 from engine.loading import build_detector
 from engine.training import (
     EpochOptions,
@@ -44,13 +44,19 @@ from utils.checkpoint import (
     capture_rng_state,
     channel_widths,
     make_checkpoint,
+    pruning_rounds,
     read_project_checkpoint,
     restore_rng_state,
     save_checkpoint,
 )
 from utils.config import Config, ConfigError, config_to_yaml, save_config
 from utils.device import resolve_channels_last, resolve_precision
-from utils.distributed import DistributedContext, barrier, broadcast_from_main
+from utils.distributed import (
+    DistributedContext,
+    barrier,
+    broadcast_buffers,
+    broadcast_from_main,
+)
 from utils.errors import user_message
 from utils.files import remove_stale_temporaries
 from utils.log import MetricsWriter
@@ -81,6 +87,7 @@ class TrainingRun:
         device: torch.device,
         *,
         init: Path | None = None,
+        allow_new_classes: bool = False,
     ) -> None:
         if config.train.sync_bn and context.is_distributed and device.type != "cuda":
             raise ConfigError(
@@ -118,7 +125,9 @@ class TrainingRun:
                 logger.info("removed %s, left by an interrupted checkpoint write", stale)
         torch.manual_seed(config.train.seed)
         self._build_data()
-        self._build_model(checkpoint if init is None else read_project_checkpoint(init), init)
+        self._build_model(
+            checkpoint if init is None else read_project_checkpoint(init), init, allow_new_classes
+        )
         self._build_optimisation()
         self.state = TrainState()
         if checkpoint is not None:
@@ -156,7 +165,14 @@ class TrainingRun:
         self.train_loader, self.sampler = build_train_loader(
             self.train_set, config, num_replicas=context.world_size, rank=context.rank
         )
-        self.val_loader = build_eval_loader(self.val_set, config) if self.val_set else None
+        # Every rank evaluates its share of the validation batches; rank 0 scores.
+        self.val_loader = (
+            build_eval_loader(
+                self.val_set, config, rank=self.context.rank, world_size=self.context.world_size
+            )
+            if self.val_set
+            else None
+        )
         self.evaluator = (
             Evaluator.from_config(config, self.val_set.records, self.class_names)
             if self.val_set is not None and context.is_main
@@ -173,16 +189,25 @@ class TrainingRun:
             config.train.epochs,
         )
 
-    def _build_model(self, source: dict[str, Any] | None, init: Path | None) -> None:
+    def _build_model(
+        self, source: dict[str, Any] | None, init: Path | None, allow_new_classes: bool
+    ) -> None:
         """The model (pruned to ``source``'s widths, if any), on the device; its loss,
-        post-processor and the BatchNorm layers the slimming penalty applies to."""
+        post-processor and the BatchNorm layers the slimming penalty applies to. Weights
+        from ``init`` of other classes are carried by class name."""
         config = self.config
         # Stored in every checkpoint, so that the model rebuilds without the widths file.
         self.channel_widths = resolve_channel_widths(
             channel_widths(source), config.model.widths_file
         )
+        self.pruning_rounds = pruning_rounds(source)
         self.model = build_detector(
-            config, checkpoint=source, weights=init, pretrained=source is None
+            config,
+            checkpoint=source,
+            weights=init,
+            pretrained=source is None,
+            class_names=self.class_names if init is not None else None,
+            allow_new_classes=allow_new_classes,
         )
         if init is not None:
             logger.info(
@@ -276,6 +301,7 @@ class TrainingRun:
                 model_state=self.model.state_dict(),
                 class_names=self.class_names,
                 channel_widths=self.channel_widths,
+                pruning_rounds=self.pruning_rounds,
                 optimizer=self.optimizer.state_dict(),
                 scheduler=self.scheduler.state_dict(),
                 scaler=self.scaler.state_dict(),
@@ -340,23 +366,25 @@ class TrainingRun:
         )
 
     def evaluate(self, epoch: int) -> dict[str, Any] | None:
-        """Validation mAP (``eval.metric``), computed on rank 0; every rank gets the score
-        (``mAP``), rank 0 also the detections and per-class APs. None without a
-        validation set."""
+        """Validation mAP (``eval.metric``): every rank runs its share of the validation
+        batches with rank 0's BatchNorm statistics (the model rank 0 saves), rank 0
+        gathers the detections and scores them; every rank gets the score (``mAP``),
+        rank 0 also the detections and per-class APs. None without a validation set."""
         if self.val_loader is None:
             return None
+        broadcast_buffers(self.model, self.context)
+        # In float32 whatever train.amp is, as test.py runs by default: the score that
+        # chooses best.pt is the one test.py reports for it.
+        pipeline = build_pipeline(
+            self.model,
+            self.config,
+            backend="torch",
+            device=self.device,
+            options=SpeedOptions(channels_last=self.channels_last, inference_mode=True),
+        )
+        detections, timing = predict_on_ranks(pipeline, self.val_loader, self.context)
         result: dict[str, Any] = {"mAP": math.nan}
         if self.evaluator is not None:
-            # In float32 whatever train.amp is, as test.py runs by default: the score
-            # that chooses best.pt is the one test.py reports for it.
-            pipeline = build_pipeline(
-                self.model,
-                self.config,
-                backend="torch",
-                device=self.device,
-                options=SpeedOptions(channels_last=self.channels_last, inference_mode=True),
-            )
-            detections, timing = predict(pipeline, self.val_loader)
             result = self.evaluator.score(detections)
             result["detections"] = detections
             self.writer.write(

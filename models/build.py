@@ -12,6 +12,7 @@ from layers.postprocess import PostProcessor
 from layers.priors import PriorGenerator
 from models.counting import meta_forward
 from models.detector import InputNormalizer, SingleShotDetector
+from models.efficientnet import EfficientNetBackbone
 from models.fssd import FeatureFusion, FeaturePyramid, FSSDFeatures
 from models.heads import MultiBoxHead
 from models.mobilenet import MobileNetV2Backbone
@@ -61,6 +62,12 @@ def build_backbone(model: ModelConfig) -> nn.Module:
         return VGG16Backbone(batch_norm=model.batch_norm, width_multiplier=model.width_multiplier)
     if model.backbone == "mobilenet_v2":
         return MobileNetV2Backbone(width_multiplier=model.width_multiplier)
+    if model.backbone == "efficientnet_b3":
+        if model.width_multiplier != 1.0:
+            logger.info(
+                "EfficientNet keeps torchvision's widths; width_multiplier scales the neck only"
+            )
+        return EfficientNetBackbone()
     depth = int(model.backbone.removeprefix("resnet"))
     if model.width_multiplier != 1.0:
         logger.info("ResNet keeps torchvision's widths; width_multiplier scales the neck only")

@@ -18,6 +18,8 @@ widths written in source). What is prunable:
   the network-slimming paper, so the stem, conv3 and downsample widths never change.
 - MobileNetV2: the expanded channels of every inverted residual (expansion conv and the
   depthwise conv after it) and the final 1x1 conv; the residual stream is left alone.
+- EfficientNet-B3: likewise the expanded channels of every MBConv (expansion, depthwise
+  conv, the squeeze-excitation's per-channel scales) and the final 1x1 conv.
 - SSD/FSSD necks: every extra layer, the fusion 1x1 convs (their outputs sit at offsets
   of the concatenated map the pyramid reads), every pyramid layer; the heads' inputs
   follow the maps they read.
@@ -40,11 +42,13 @@ from pathlib import Path
 import torch
 import yaml
 from torch import Tensor, nn
+from torchvision.models.efficientnet import MBConv
 from torchvision.models.mobilenetv2 import InvertedResidual
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from layers.blocks import ConvBNReLU, L2Norm
 from models.detector import SingleShotDetector
+from models.efficientnet import EfficientNetBackbone
 from models.fssd import FSSDFeatures
 from models.mobilenet import MobileNetV2Backbone
 from models.resnet import ResNetBackbone
@@ -224,6 +228,32 @@ def _mobilenet_groups(
     return [tapped, last]
 
 
+def _efficientnet_groups(
+    builder: _GroupBuilder, backbone: EfficientNetBackbone
+) -> list[ChannelGroup | None]:
+    """The expanded channels of every MBConv with an expansion: the expansion conv, the
+    depthwise conv (it joins the group), the squeeze-excitation's second conv (it makes
+    one scale per channel), read by the squeeze-excitation's first conv and the
+    projection. No constant stands in for a pruned channel (SiLU, then a scale that
+    depends on the input), so nothing is compensated. Then the final 1x1 conv."""
+    for stage in backbone.features[: backbone.tap_indices[-1]]:
+        for block in stage.modules():
+            if not isinstance(block, MBConv) or len(block.block) != 4:
+                continue  # no expansion: the depthwise conv reads the residual stream
+            expansion, depthwise, excitation, project = block.block
+            group = builder.from_block(expansion)
+            if group is None:
+                continue
+            builder.add_reader(group, depthwise)
+            group.readers.append(Reader(conv=excitation.fc1))
+            group.convs.append(excitation.fc2)
+            group.readers.append(Reader(conv=project[0], norm=project[1]))
+            group.activation = None
+    last = builder.from_block(backbone.features[backbone.tap_indices[-1]])
+    # The maps of strides 8 and 16 are on the residual stream.
+    return [None, None, last]
+
+
 def _backbone_groups(builder: _GroupBuilder, backbone: nn.Module) -> list[ChannelGroup | None]:
     if isinstance(backbone, VGG16Backbone):
         return _vgg_groups(builder, backbone)
@@ -231,6 +261,8 @@ def _backbone_groups(builder: _GroupBuilder, backbone: nn.Module) -> list[Channe
         return _resnet_groups(builder, backbone)
     if isinstance(backbone, MobileNetV2Backbone):
         return _mobilenet_groups(builder, backbone)
+    if isinstance(backbone, EfficientNetBackbone):
+        return _efficientnet_groups(builder, backbone)
     raise PruningError(f"no pruning rules for a {type(backbone).__name__} backbone")
 
 

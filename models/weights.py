@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import re
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -40,6 +40,7 @@ TORCHVISION_WEIGHTS = {
     "resnet50": "ResNet50_Weights",
     "resnet101": "ResNet101_Weights",
     "mobilenet_v2": "MobileNet_V2_Weights",
+    "efficientnet_b3": "EfficientNet_B3_Weights",
 }
 
 # Formats of state dicts, by the input they were trained on.
@@ -399,8 +400,14 @@ def load_backbone_weights(
     return source_format
 
 
-def load_detector_weights(model: nn.Module, path: str | Path) -> str:
+def load_detector_weights(
+    model: nn.Module,
+    path: str | Path,
+    adapt: Callable[[dict[str, Tensor], str], dict[str, Tensor]] | None = None,
+) -> str:
     """Load a whole detector: this project's checkpoint or an fssd.pytorch one.
+    ``adapt`` (state dict, origin) -> state dict changes a project checkpoint's tensors
+    before the shape check (:func:`models.class_transfer.transfer_classes`).
 
     Returns the source format (``project`` or ``fssd_pytorch``).
     """
@@ -410,7 +417,7 @@ def load_detector_weights(model: nn.Module, path: str | Path) -> str:
         converted = convert_fssd_pytorch(state_dict, model, origin)
         source_format = "fssd_pytorch"
     else:
-        converted = state_dict
+        converted = state_dict if adapt is None else adapt(state_dict, origin)
         source_format = "project"
     check_fit(
         converted,

@@ -426,3 +426,15 @@ def test_large_jpegs_are_decoded_at_reduced_scale(shared_dir, tmp_path):
     np.testing.assert_allclose(item["boxes"].numpy(), [[0.25, 1 / 6, 0.5, 0.5]], atol=1e-6)
     pixels = item["image"].permute(1, 2, 0).numpy()
     assert pixels[20:48, 27:48].min() > 240 and pixels[60:, :].max() < 80
+
+
+def test_evaluation_shards_are_the_single_process_batches():
+    """Each rank gets every world_size-th of the batches one process runs, whole."""
+    from data.loader import ShardBatches
+
+    single = [list(batch) for batch in ShardBatches(7, 2, 0, 1)]
+    assert single == [[0, 1], [2, 3], [4, 5], [6]]
+    shards = [list(ShardBatches(7, 2, rank, 3)) for rank in range(3)]
+    assert shards == [[[0, 1], [6]], [[2, 3]], [[4, 5]]]
+    assert [len(ShardBatches(7, 2, rank, 3)) for rank in range(3)] == [2, 1, 1]
+    assert list(ShardBatches(3, 4, 1, 2)) == []  # a rank with nothing to do

@@ -19,8 +19,9 @@ from utils.config import load_config
         ),
         ("ssdlite320_mobilenetv2_voc.yaml", ["model.width_multiplier=0.25"], 320),
         ("ssd300_resnet50_voc.yaml", ["model.width_multiplier=0.125"], 300),
+        ("ssd300_efficientnet_b3_voc.yaml", ["model.width_multiplier=0.125"], 300),
     ],
-    ids=["fssd_vgg16_bn", "fssd_resnet18", "ssdlite_mobilenetv2", "ssd_resnet50"],
+    ids=["fssd_vgg16_bn", "fssd_resnet18", "ssdlite_mobilenetv2", "ssd_resnet50", "ssd_effnet_b3"],
 )
 def test_folded_model_gives_the_same_outputs(config_name, overrides, size):
     path = REPO_ROOT / "configs" / config_name if config_name else None

@@ -31,6 +31,7 @@ EXPECTED = {
     "ssd300_resnet50_coco.yaml": (8_732, [38, 19, 10, 5, 3, 1]),
     "fssd300_resnet50_voc.yaml": (11_620, [38, 19, 10, 5, 3, 1]),
     "ssdlite320_mobilenetv2_voc.yaml": (3_234, [20, 10, 5, 3, 2, 1]),
+    "ssd300_efficientnet_b3_voc.yaml": (8_732, [38, 19, 10, 5, 3, 1]),
 }
 
 
@@ -115,15 +116,29 @@ def test_ssd300_parameters_equal_torchvision():
 
 
 def _build_at_smallest_size(config_path, overrides):
-    """The model at the smallest input (step 16) its layers accept, and that size. Only
-    "too small" moves on to the next size; any other error (a bad config) fails."""
-    for size in range(96, 545, 16):
+    """The model at the smallest input (step 16, from 96 to 544) its layers accept, and
+    that size, by bisection (an input a network accepts, it accepts larger too). Only
+    "too small" counts as not accepted; any other error (a bad config) fails."""
+    sizes = list(range(96, 545, 16))
+
+    def build(size):
         config = load_config(config_path, [*overrides, f"model.image_size={size}"])
         try:
-            return build_model(config), size
+            return build_model(config, load_weights=False)
         except InputSizeError:
-            continue
-    raise AssertionError(f"{config_path.name} builds at no size up to 544")
+            return None
+
+    low, high, found = 0, len(sizes) - 1, None
+    while low <= high:
+        middle = (low + high) // 2
+        model = build(sizes[middle])
+        if model is None:
+            low = middle + 1
+        else:
+            found, high = (model, sizes[middle]), middle - 1
+    if found is None:
+        raise AssertionError(f"{config_path.name} builds at no size up to 544")
+    return found
 
 
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=[path.name for path in CONFIG_FILES])

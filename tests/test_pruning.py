@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -5,6 +7,7 @@ from torch import nn
 import prune as prune_script
 import test as test_script
 import train
+from data.shapes import SHAPE_CLASSES
 from layers.blocks import ConvBNReLU
 from models.build import build_model
 from models.counting import count_flops, count_parameters
@@ -30,6 +33,15 @@ ARCHITECTURES = [
     ("ssdlite320_mobilenetv2_voc.yaml", ["model.width_multiplier=0.25"], 320),
     ("ssd300_resnet50_voc.yaml", ["model.width_multiplier=0.125"], 300),
     ("ssd300_vgg16_voc.yaml", ["model.width_multiplier=0.125", "model.batch_norm=true"], 300),
+    (
+        "ssd300_efficientnet_b3_voc.yaml",
+        [
+            "model.width_multiplier=0.125",
+            "model.architecture=fssd",
+            "model.extras=[[256, 512, 3, 2, 1]]",
+        ],
+        300,
+    ),
 ]
 ARCHITECTURE_IDS = [
     "fssd_vgg16_bn",
@@ -37,6 +49,7 @@ ARCHITECTURE_IDS = [
     "ssdlite_mobilenetv2",
     "ssd_resnet50",
     "ssd_vgg16_bn_l2norm",
+    "fssd_efficientnet_b3",
 ]
 
 
@@ -81,6 +94,47 @@ def test_pruned_model_equals_the_zeroed_model(config_name, overrides, size):
     assert sum(widths.values()) < 0.6 * widths_before
     assert count_parameters(model) < params_before
     assert_same_outputs(outputs(model, images), zeroed_outputs)
+
+
+@pytest.mark.parametrize(
+    "config_name, overrides, size",
+    [ARCHITECTURES[0], ARCHITECTURES[2]],
+    ids=[ARCHITECTURE_IDS[0], ARCHITECTURE_IDS[2]],
+)
+def test_two_rounds_equal_the_model_zeroed_once(config_name, overrides, size):
+    """Slim, rebuild from the stored widths, slim again: the result equals the original
+    model with the channels of both rounds zeroed (round 2's indices mapped back through
+    round 1's), and round 2 only narrows."""
+    model = build(config_name, overrides, size)
+    randomise_batchnorm(model)
+    model.eval()
+    config = load_config(
+        REPO_ROOT / "configs" / config_name if config_name else None,
+        [*overrides, f"model.image_size={size}"],
+    )
+    images = torch.rand(2, 3, size, size) * 255
+    keep_first = select_channels(channel_groups(model), 0.4)
+    # Round 2's choice, made on the model as round 1 leaves it.
+    trial = copy.deepcopy(model)
+    trial_groups = channel_groups(trial)
+    prune_channels(trial_groups, keep_first)
+    keep_second = select_channels(trial_groups, 0.4)
+    both = {name: indices[keep_second[name]] for name, indices in keep_first.items()}
+    zero_pruned_channels(channel_groups(model), both)
+    zeroed_outputs = outputs(model, images)
+
+    widths_first = prune_channels(channel_groups(model), keep_first)
+    rebuilt = build_model(config, channel_widths=widths_first)
+    rebuilt.load_state_dict(model.state_dict())
+    rebuilt.eval()
+    widths_second = prune_channels(channel_groups(rebuilt), keep_second)
+
+    assert widths_second == {name: int(indices.numel()) for name, indices in both.items()}
+    assert all(widths_second[name] <= widths_first[name] for name in widths_first)
+    assert sum(widths_second.values()) < sum(widths_first.values())
+    assert_same_outputs(outputs(rebuilt, images), zeroed_outputs)
+    again = build_model(config, channel_widths=widths_second)
+    again.load_state_dict(rebuilt.state_dict())  # strict: the composed widths rebuild it
 
 
 def test_fusion_readers_keep_the_concat_offsets():
@@ -241,7 +295,10 @@ def test_prune_then_evaluate_and_fine_tune(tiny_shapes_root, tmp_path, capsys):
     randomise_batchnorm(model)
     source = tmp_path / "trained.pt"
     save_checkpoint(
-        make_checkpoint(config=config, model_state=model.state_dict(), class_names=["a"]), source
+        make_checkpoint(
+            config=config, model_state=model.state_dict(), class_names=list(SHAPE_CLASSES)
+        ),
+        source,
     )
     pruned = tmp_path / "pruned.pt"
     arguments = ["--checkpoint", str(source), "--ratio", "0.5", "--out", str(pruned)]
@@ -250,7 +307,9 @@ def test_prune_then_evaluate_and_fine_tune(tiny_shapes_root, tmp_path, capsys):
     printed = capsys.readouterr().out
     checkpoint = load_checkpoint(pruned)
     widths = checkpoint["channel_widths"]
-    assert checkpoint["class_names"] == ["a"] and checkpoint["pruning"]["ratio"] == 0.5
+    assert (
+        checkpoint["class_names"] == list(SHAPE_CLASSES) and checkpoint["pruning"]["ratio"] == 0.5
+    )
     groups = channel_groups(model)
     total = sum(group.width for group in groups)
     # The printed summary is the pruned model's: channels, threshold, params, GFLOPs.
@@ -289,6 +348,70 @@ def test_prune_then_evaluate_and_fine_tune(tiny_shapes_root, tmp_path, capsys):
 
     with pytest.raises(train.ConfigError, match="--init"):
         train.resolve_config(train.parse_args([*run, "--init", str(pruned), "--resume"]))
+
+
+def test_a_second_round_through_the_scripts(tiny_shapes_root, tmp_path, capsys):
+    """prune.py, train.py --init with sparsity, prune.py again: the rounds and the
+    composed widths travel with every checkpoint, and the second round says how far
+    the model is from the unpruned one."""
+    overrides = tiny_train_overrides(tiny_shapes_root, tmp_path / "sparse")
+    config = load_config(None, overrides)
+    model = build_model(config)
+    randomise_batchnorm(model)
+    source = tmp_path / "trained.pt"
+    save_checkpoint(
+        make_checkpoint(
+            config=config, model_state=model.state_dict(), class_names=list(SHAPE_CLASSES)
+        ),
+        source,
+    )
+    first = tmp_path / "pruned_1.pt"
+    arguments = ["--checkpoint", str(source), "--ratio", "0.5", "--out", str(first)]
+    assert prune_script.main(prune_script.parse_args(arguments)) == 0
+    assert "round" not in capsys.readouterr().out.split("wrote")[0].split("threshold")[-1]
+    widths_first = load_checkpoint(first)["channel_widths"]
+
+    run = ["--config", str(REPO_ROOT / "configs" / "quickstart_shapes.yaml"), *overrides]
+    run += ["--init", str(first), "train.sparsity=1e-2", "--stop-at", "2"]
+    assert train.main(train.parse_args(run)) == 0
+    trained = load_checkpoint(tmp_path / "sparse" / "last.pt")
+    assert [entry["round"] for entry in trained["pruning_rounds"]] == [1]
+    capsys.readouterr()
+
+    second = tmp_path / "pruned_2.pt"
+    arguments = ["--checkpoint", str(tmp_path / "sparse" / "last.pt"), "--ratio", "0.3"]
+    arguments += ["--benchmark", "--repeats", "2", "--out", str(second)]
+    assert prune_script.main(prune_script.parse_args(arguments)) == 0
+    printed = capsys.readouterr().out
+    # The latency table keeps the unpruned model as the reference and lists round 1.
+    rows = [line.split()[0] for line in printed.split("latency")[1].splitlines()[2:]]
+    assert rows == ["unpruned", "round", "pruned", "pruned+folded"]
+    assert "round 1 " in printed.split("latency")[1]
+    checkpoint = load_checkpoint(second)
+    rounds = checkpoint["pruning_rounds"]
+    assert [entry["round"] for entry in rounds] == [1, 2] and checkpoint["pruning"] == rounds[1]
+    assert rounds[1]["source"] == str(tmp_path / "sparse" / "last.pt")
+    widths_second = checkpoint["channel_widths"]
+    assert set(widths_second) == set(widths_first)
+    assert all(widths_second[name] <= widths_first[name] for name in widths_first)
+    # Round 2 removes 30 % of round 1's channels (each layer keeps 10 % of its own).
+    assert rounds[1]["channels"][0] == sum(widths_first.values())
+    assert rounds[1]["channels"][1] == sum(widths_second.values())
+    assert sum(widths_second.values()) <= round(0.7 * sum(widths_first.values())) + len(
+        widths_first
+    )
+    unpruned = rounds[0]["channels"][0]
+    kept = sum(widths_second.values())
+    rebuilt = build_model(config, load_weights=False, channel_widths=widths_second)
+    params_share = count_parameters(rebuilt) / count_parameters(model)
+    assert (
+        f"round 2: {kept} of the unpruned model's {unpruned} channels left "
+        f"({kept / unpruned:.1%}), params {params_share:.1%} of its "
+        f"{count_parameters(model):,}"
+    ) in printed
+    rebuilt.load_state_dict(checkpoint["model"])  # strict: the stored widths fit
+    evaluation = ["--checkpoint", str(second), "--no-plots", "--results-dir", str(tmp_path)]
+    assert test_script.main(test_script.parse_args([*evaluation, *overrides])) == 0
 
 
 def test_widths_file_builds_the_narrow_model_and_travels_with_checkpoints(

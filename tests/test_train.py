@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -233,21 +234,117 @@ def test_sigint_saves_and_exits_cleanly(tiny_shapes_root, tmp_path):
     assert "Traceback" not in out
 
 
-def test_ddp_with_gloo_on_two_processes(tiny_shapes_root, tmp_path):
-    output = tmp_path / "run"
+# The 2-process gloo runs: 16 images over 2 ranks of 4 per batch (2 iterations per
+# epoch), 4 epochs, evaluated at epochs 2 and 4 in 3 batches of 2 images (one rank gets
+# 2, the other 1), a checkpoint every epoch; started with --resume (last: it takes an
+# optional path), as torchrun --max-restarts reruns it.
+DDP_SETTINGS = ["train.epochs=4", "train.eval_interval=2", "train.checkpoint_interval=1",
+                "eval.batch_size=2"]  # fmt: skip
+
+
+def torchrun_train(root, output, port, *, restarts=0):
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+            "--max-restarts", str(restarts), "--master_port", str(port), "train.py",
+            *tiny_train_overrides(root, output), *DDP_SETTINGS, "--resume"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tiny_shapes_root, tmp_path_factory):
+    """An uninterrupted 2-process run; its output directory and what it printed."""
+    output = tmp_path_factory.mktemp("ddp") / "run"
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-         "--master_port", "29561", "train.py", *tiny_train_overrides(tiny_shapes_root, output),
-         "train.epochs=2"],
+    command = torchrun_train(tiny_shapes_root, output, 29561)
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True,
+                            timeout=300, env=environment)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    return output, result.stdout + result.stderr
+
+
+def test_ddp_with_gloo_on_two_processes_and_sharded_evaluation(ddp_run, tmp_path):
+    """Training on 2 gloo processes; its evaluations, and test.py under torchrun, run
+    each process on its share of the validation batches and give exactly what one
+    process gives: the same mAP and byte-identical results files."""
+    output, printed = ddp_run
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    # --resume without a last.pt yet starts a new run.
+    assert "--resume: no last.pt in" in printed
+    records = train_records(output)
+    # Logged once (rank 0).
+    assert [record["iteration"] for record in records] == list(range(1, 9))
+    assert load_checkpoint(output / "last.pt")["iteration"] == 8
+    summary = json.loads((output / "results.json").read_text())
+    assert summary["iterations"] == 8
+
+    evaluation = ["test.py", "--checkpoint", str(output / "last.pt"), "--no-plots"]
+    single = subprocess.run(
+        [sys.executable, *evaluation, "--out", str(tmp_path / "one")],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env=environment,
     )  # fmt: skip
-    assert result.returncode == 0, result.stdout + result.stderr
-    records = train_records(output)
-    # 16 images over 2 ranks of 4 per batch: 2 iterations per epoch, logged once (rank 0).
-    assert [record["iteration"] for record in records] == [1, 2, 3, 4]
-    assert load_checkpoint(output / "last.pt")["iteration"] == 4
-    assert json.loads((output / "results.json").read_text())["iterations"] == 4
+    assert single.returncode == 0, single.stdout + single.stderr
+    sharded = subprocess.run(
+        [*torchrun, "--master_port", "29564", *evaluation, "--out", str(tmp_path / "two")],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env=environment,
+    )  # fmt: skip
+    assert sharded.returncode == 0, sharded.stdout + sharded.stderr
+    one = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert abs(two["mAP"] - one["mAP"]) <= 1e-12
+    assert abs(summary["mAP"] - one["mAP"]) <= 1e-12  # the training run's own evaluation
+    files = sorted(path.name for path in (tmp_path / "one").glob("comp4_det_test_*.txt"))
+    assert len(files) == 5
+    # Detections on images of both ranks' shares (ids 0..5; rank 1 ran images 2 and 3).
+    lines = [line for name in files for line in (tmp_path / "one" / name).read_text().splitlines()]
+    assert len({line.split()[0] for line in lines}) == 6
+    for name in files:
+        assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
+    assert "2 processes" in sharded.stdout and sharded.stdout.count("results and metrics") == 1
+
+
+def worker_pids(marker: str, rank: int) -> list[int]:
+    """The processes whose environment holds ``marker`` and ``RANK=rank`` (torchrun's
+    workers inherit the launcher's environment)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environment = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if marker.encode() in environment and f"RANK={rank}".encode() in environment:
+            pids.append(int(entry.name))
+    return pids
+
+
+def test_torchrun_restarts_a_killed_worker_and_ends_where_an_uninterrupted_run_ends(
+    tiny_shapes_root, ddp_run, tmp_path
+):
+    """torchrun --max-restarts 1 ... --resume: kill -9 rank 1 after the first checkpoint;
+    the restarted group continues from last.pt and ends with the weights of the run
+    that was never interrupted."""
+    marker = f"FSSD_ELASTIC_TEST={tmp_path}"
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", marker.split("=")[0]: str(tmp_path)}
+    killed = tmp_path / "killed"
+    command = torchrun_train(tiny_shapes_root, killed, 29563, restarts=1)
+    process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, env=environment)  # fmt: skip
+    deadline = time.time() + 120
+    while time.time() < deadline and not (killed / "last.pt").is_file():
+        time.sleep(0.05)
+    victims = worker_pids(marker, 1)
+    assert len(victims) == 1
+    os.kill(victims[0], signal.SIGKILL)
+    out, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, out
+    assert "resumed at iteration" in out
+    # The survivor's gloo failure is one line, not a traceback.
+    assert "[rank0]: Traceback" not in out
+    final = load_checkpoint(killed / "last.pt")
+    assert final["iteration"] == 8
+    straight, _ = ddp_run
+    for key, value in load_checkpoint(straight / "last.pt")["model"].items():
+        assert torch.equal(value, final["model"][key]), key
 
 
 def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):

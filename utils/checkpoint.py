@@ -202,6 +202,16 @@ def channel_widths(checkpoint: dict[str, Any] | None) -> dict[str, int]:
     return dict((checkpoint or {}).get("channel_widths") or {})
 
 
+def pruning_rounds(checkpoint: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """How a checkpoint's model was pruned, one entry per ``prune.py`` round, oldest
+    first (empty for an unpruned model). Training from a pruned checkpoint carries
+    them on, so a second round knows the first."""
+    checkpoint = checkpoint or {}
+    if "pruning_rounds" in checkpoint:
+        return list(checkpoint["pruning_rounds"])
+    return [checkpoint["pruning"]] if "pruning" in checkpoint else []
+
+
 def capture_rng_state() -> dict[str, Any]:
     """Python, NumPy, torch (and CUDA) generator states in checkpoint-safe types."""
     import torch

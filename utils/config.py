@@ -42,9 +42,9 @@ class ModelConfig:
     """
 
     architecture: Literal["fssd", "ssd", "ssdlite"] = "fssd"
-    backbone: Literal["vgg16", "resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v2"] = (
-        "vgg16"
-    )
+    backbone: Literal[
+        "vgg16", "resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v2", "efficientnet_b3"
+    ] = "vgg16"
     num_classes: int = 21
     image_size: int = 300
     batch_norm: bool = False
@@ -230,6 +230,9 @@ class TrainConfig:
     # logged iteration, mid-epoch too): it bounds the work an interruption loses when
     # epochs are long. 0 = only every train.checkpoint_interval epochs.
     checkpoint_minutes: float = 30.0
+    # Under torchrun: a collective (gradient all-reduce, evaluation gather, barrier)
+    # that waits this long fails the run with this setting named (NCCL and gloo).
+    dist_timeout_minutes: float = 30.0
     log_interval: int = 20
     # Network slimming stage 1: L1 penalty on BatchNorm scales (0 = off).
     sparsity: float = 0.0
@@ -355,6 +358,7 @@ RANGES: dict[str, Range] = {
     "train.eval_interval": NON_NEGATIVE,
     "train.checkpoint_interval": AT_LEAST_ONE,
     "train.checkpoint_minutes": NON_NEGATIVE,
+    "train.dist_timeout_minutes": POSITIVE,
     "train.log_interval": AT_LEAST_ONE,
     "train.sparsity": NON_NEGATIVE,
     "train.mixup_prob": PROBABILITY,

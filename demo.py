@@ -169,13 +169,19 @@ def show(window: str, image: np.ndarray) -> bool:
 
 
 def run_images(detector: Detector, paths: list[Path], output: Path, display: bool) -> float:
-    """Annotate each image; returns the average FPS over the images processed."""
+    """Annotate each image; returns the average FPS over the images processed.
+
+    Raises:
+        BadSampleError: no image could be read (the file and the problem named).
+    """
     total_seconds, processed = 0.0, 0
+    failures: list[BadSampleError] = []
     for path in tqdm(paths, desc="images", dynamic_ncols=True):
         try:
             image = read_image(path)
         except BadSampleError as error:
             logger.warning("%s (skipped)", error)
+            failures.append(error)
             continue
         start = time.perf_counter()
         drawn, result = detector(image)
@@ -188,6 +194,10 @@ def run_images(detector: Detector, paths: list[Path], output: Path, display: boo
                 break
         else:
             cv2.imwrite(str(output / f"{path.stem}.jpg"), cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
+    if failures and not processed:
+        if len(paths) == 1:
+            raise failures[0]
+        raise BadSampleError(f"none of the {len(paths)} images could be read; {failures[0]}")
     return processed / total_seconds if total_seconds else float("nan")
 
 

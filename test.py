@@ -86,8 +86,11 @@ def print_table(result: dict[str, Any]) -> None:
     width = max([len(name) for name in result["ap_per_class"]] + [5])
     print(f"{'class':<{width}}  AP ({result['metric']})")
     for name, ap in result["ap_per_class"].items():
-        print(f"{name:<{width}}  {ap:.4f}")
+        # NaN: the class has no ground truth in this set (null in metrics.json).
+        print(f"{name:<{width}}  {'n/a (no ground truth)' if ap != ap else f'{ap:.4f}'}")
     print(f"{'mAP':<{width}}  {result['mAP']:.4f}")
+    if "note" in result:
+        print(result["note"])
     if result["metric"] == "coco":
         print(result["summary"], end="")
         per_iou = "  ".join(f"{iou} {ap:.3f}" for iou, ap in result["ap_per_iou"].items())

@@ -70,9 +70,12 @@ class ProblemReport:
         return [f"{source}: {problem}" for source, problem in self.entries]
 
     def report(self, source: str | Path, problem: str) -> None:
+        """Record ``problem`` (worded as under ``skip``: "...; left out"); under
+        ``stop``, raise it worded as what happens then."""
         message = f"{source}: {problem}"
         if self.policy == "stop":
-            raise BadSampleError(message)
+            cause = re.sub(r"[;,]? (image )?left out$|; clipped to .*$| \(skipped\)$", "", problem)
+            raise BadSampleError(f"{source}: {cause}; stopped (data.on_bad_sample=stop)")
         self.entries.append((str(source), problem))
         if len(self.entries) <= self.max_logged:
             logger.warning("%s", message)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from engine.voc_results import (
 )
 from utils.boxes import xyxy_to_xywh
 from utils.config import METRICS, Config, ConfigError
+from utils.files import atomic_write_text
 from utils.metrics import ClassResult, evaluate_voc_arrays
 from utils.visualize import draw_pr_curves
 
@@ -40,6 +42,9 @@ COCO_STAT_NAMES = (
     "AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
     "AR1", "AR10", "AR100", "AR_small", "AR_medium", "AR_large",
 )  # fmt: skip
+
+
+NO_DETECTIONS = "no detections: every AP is 0 (is postprocess.score_threshold too high?)"
 
 
 def score_voc_results(
@@ -192,8 +197,14 @@ def score_coco(
     ap_per_class = {}
     for name in class_names:
         category_id = category_of_name.get(name)
-        if precision is None or category_id is None:
+        if category_id is None:
             ap_per_class[name] = float("nan")
+            continue
+        if precision is None:
+            # No detections at all: a class with ground truth has recall 0, AP 0; one
+            # without is undefined (NaN, null in metrics.json), as pycocotools leaves it.
+            has_truth = bool(coco_gt.getAnnIds(catIds=[category_id], iscrowd=False))
+            ap_per_class[name] = 0.0 if has_truth else float("nan")
             continue
         index = evaluator.params.catIds.index(category_id)
         values = precision[:, :, index, 0, -1]
@@ -213,16 +224,36 @@ def score_coco(
     }
     result.update({name: float(value) for name, value in zip(COCO_STAT_NAMES, stats, strict=True)})
     result["summary"] = printed.getvalue()
+    if not results:
+        result["note"] = NO_DETECTIONS
     return result
 
 
 def write_metrics(result: dict[str, Any], directory: Path) -> Path:
-    """``metrics.json``: metric, mAP, ap_per_class (and COCO's other numbers)."""
-    keys = ["metric", "mAP", "ap_per_class", "ap_per_iou", *COCO_STAT_NAMES, "speed"]
-    content = {key: result[key] for key in keys if key in result}
+    """``metrics.json``: metric, mAP, ap_per_class (and COCO's other numbers), valid
+    JSON: an undefined value (NaN: a class without ground truth) is ``null``."""
+    keys = ["metric", "mAP", "ap_per_class", "ap_per_iou", *COCO_STAT_NAMES, "note", "speed"]
     path = directory / "metrics.json"
-    path.write_text(json.dumps(content, indent=2), encoding="utf-8")
+    content = {key: result[key] for key in keys if key in result}
+    atomic_write_text(path, finite_json(content), what="metrics")
     return path
+
+
+def finite_json(content: Any) -> str:
+    """``content`` as indented JSON that any parser reads: NaN and infinities (an AP
+    that is undefined) become ``null``."""
+    return json.dumps(_without_nan(content), indent=2, allow_nan=False)
+
+
+def _without_nan(value: Any) -> Any:
+    """``value`` with every non-finite float (in dicts and lists) replaced by None."""
+    if isinstance(value, dict):
+        return {key: _without_nan(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_without_nan(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 class VocScoring:
@@ -252,13 +283,16 @@ class VocScoring:
         return read_voc_results_arrays(directory, self.records, self.class_names)
 
     def score(self, results: Any) -> dict[str, Any]:
-        return score_voc_results(
+        result = score_voc_results(
             results,
             self.records,
             self.class_names,
             use_07_metric=self.use_07_metric,
             iou_threshold=self.iou_threshold,
         )
+        if len(results["scores"]) == 0:
+            result["note"] = NO_DETECTIONS
+        return result
 
 
 class CocoScoring:

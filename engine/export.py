@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -329,4 +330,112 @@ def export_detector(model: SingleShotDetector, config: Config, path: str | Path)
         pre_nms_topk=post.pre_nms_topk,
         nms_iou_threshold=post.nms_iou_threshold,
         max_detections=post.max_detections,
+    )
+
+
+@dataclass
+class DetectionComparison:
+    """ONNX Runtime's detections against PyTorch's, per image matched by label, score
+    (within ``score_tolerance``) and box (within ``box_tolerance`` pixels).
+
+    ``tied``: detections found by one runtime only whose score has a twin among the
+    image's candidates (another prior's score for the same class within the tolerance,
+    or any class's when the per-image cap cut the list): two runtimes may order tied
+    scores differently, so which twin survives top-k, NMS or the cap is not defined by
+    the model. ``unexplained``: the others, real differences. ``score_error`` and
+    ``box_error`` are the largest over matched pairs.
+    """
+
+    detections: int
+    matched: int
+    tied: int
+    unexplained: int
+    score_error: float
+    box_error: float
+    score_tolerance: float
+    box_tolerance: float
+
+    @property
+    def agrees(self) -> bool:
+        return self.unexplained == 0
+
+    def describe(self) -> str:
+        head = (
+            f"{self.matched} of {self.detections} detections equal (score within "
+            f"{self.score_tolerance:g}, box within {self.box_tolerance:g} px; largest "
+            f"differences {self.score_error:.3g} and {self.box_error:.3g} px)"
+        )
+        if self.tied:
+            head += (
+                f"; {self.tied} differ only among tied scores (a twin within "
+                f"{self.score_tolerance:g} in the same class: the runtimes may order ties "
+                "differently; untrained weights give many)"
+            )
+        if self.unexplained:
+            head += f"; {self.unexplained} DIFFER"
+        return head
+
+
+def compare_detections(
+    expected: list[dict[str, Tensor]],
+    got: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    candidate_scores: Tensor,
+    *,
+    image_size: int,
+    max_detections: int,
+    score_tolerance: float = 1e-5,
+    box_tolerance: float = 0.5,
+) -> DetectionComparison:
+    """Compare PyTorch's post-processed detections (normalised boxes) with the
+    end-to-end graph's outputs (``boxes`` in pixels, ``scores``, ``labels``, ``counts``);
+    ``candidate_scores`` ``[B, P, C]``: PyTorch's class probabilities of every prior
+    (background first), where ties are looked for."""
+    boxes, scores, labels, counts = got
+    total = matched = tied = unexplained = 0
+    score_error = box_error = 0.0
+    for index, detection in enumerate(expected):
+        ours = (
+            detection["boxes"].numpy() * image_size,
+            detection["scores"].numpy(),
+            detection["labels"].numpy(),
+        )
+        count = int(counts[index])
+        theirs = (boxes[index, :count], scores[index, :count], labels[index, :count])
+        used = np.zeros(count, dtype=bool)
+        unmatched_ours = []
+        for box, score, label in zip(*ours, strict=True):
+            candidates = np.flatnonzero(
+                ~used
+                & (theirs[2] == label)
+                & (np.abs(theirs[1] - score) <= score_tolerance)
+                & (np.abs(theirs[0] - box).max(axis=1, initial=0) <= box_tolerance)
+            )
+            if candidates.size:
+                best = candidates[np.argmin(np.abs(theirs[1][candidates] - score))]
+                used[best] = True
+                matched += 1
+                score_error = max(score_error, float(abs(theirs[1][best] - score)))
+                box_error = max(box_error, float(np.abs(theirs[0][best] - box).max()))
+            else:
+                unmatched_ours.append((score, label))
+        unmatched_theirs = list(zip(theirs[1][~used], theirs[2][~used], strict=True))
+        total += len(ours[1])
+        candidates = candidate_scores[index].double().numpy()  # [P, C]
+        capped = len(ours[1]) >= max_detections or count >= max_detections
+        for score, label in unmatched_ours + unmatched_theirs:
+            near = np.abs(candidates - float(score)) <= score_tolerance  # [P, C]
+            # A twin is another candidate than the detection's own prior.
+            if near[:, int(label)].sum() > 1 or (capped and near[:, 1:].sum() > 1):
+                tied += 1
+            else:
+                unexplained += 1
+    return DetectionComparison(
+        detections=total,
+        matched=matched,
+        tied=tied,
+        unexplained=unexplained,
+        score_error=score_error,
+        box_error=box_error,
+        score_tolerance=score_tolerance,
+        box_tolerance=box_tolerance,
     )

@@ -5,13 +5,12 @@ and runs one."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import cv2
 import numpy as np
@@ -24,7 +23,7 @@ from data.loader import build_dataset, build_eval_loader, build_train_loader, it
 from data.records import BadSampleError, read_image
 from data.sources import prepare_data, resolve_class_names
 from engine.budget import FIRST_FIT_ITERATIONS, LoopTiming, TimeBudget, evaluation_points
-from engine.evaluation import Evaluator
+from engine.evaluation import Evaluator, finite_json
 from engine.inference import SpeedOptions, build_pipeline, predict_on_ranks
 from engine.loading import build_detector
 from engine.training import (
@@ -58,7 +57,7 @@ from utils.distributed import (
     broadcast_from_main,
 )
 from utils.errors import user_message
-from utils.files import remove_stale_temporaries
+from utils.files import atomic_write_text, remove_stale_temporaries
 from utils.log import MetricsWriter
 from utils.optim import build_optimizer, build_scheduler
 from utils.visualize import draw_detections
@@ -558,7 +557,7 @@ class TrainingRun:
                     timing.add_evaluation(time.perf_counter() - started)
                     since = time.perf_counter()
         except BadSampleError as error:
-            return self._bad_sample(error)
+            self._bad_sample(error)
 
         if last_eval_iteration != state.iteration:
             final = self.evaluate(max(state.iteration // self.per_epoch - 1, 0))
@@ -588,16 +587,22 @@ class TrainingRun:
         )
         return 0
 
-    def _bad_sample(self, error: BadSampleError) -> int:
+    def _bad_sample(self, error: BadSampleError) -> NoReturn:
+        """Stop on a bad sample met in training: save ``last.pt`` (one process) and
+        raise the sample's error, worded for the one ``error:`` line train.py prints
+        (exit code 2)."""
         message = user_message(error)  # without a loader worker's traceback
+        if "data.on_bad_sample=stop" not in message:
+            message += "; stopped (data.on_bad_sample=stop)"
         if self.context.is_distributed:
             # Only this rank hit the sample: a collective save would wait forever.
             # Exiting non-zero makes torchrun stop the other ranks.
-            logger.error("bad sample (data.on_bad_sample=stop): %s", message)
-            return error.exit_code
+            raise BadSampleError(message) from None
         path = self.save("last.pt")
-        logger.error("bad sample (data.on_bad_sample=stop): %s; saved %s", message, path)
-        return error.exit_code
+        raise BadSampleError(
+            f"{message}; saved {path} at iteration {self.state.iteration}: fix or remove the "
+            "file, then continue with --resume"
+        ) from None
 
     def finish(self, final: dict[str, Any]) -> None:
         """Example images with detections and ``results.json``."""
@@ -617,9 +622,7 @@ class TrainingRun:
             "iterations": self.state.iteration,
             "train_seconds": self.elapsed(),
         }
-        (self.output_dir / "results.json").write_text(
-            json.dumps(summary, indent=2), encoding="utf-8"
-        )
+        atomic_write_text(self.output_dir / "results.json", finite_json(summary), what="results")
         print(
             f"{final['metric']} mAP {final['mAP']:.4f} (best {self.state.best_metric:.4f}) after "
             f"{self.state.iteration} iterations in {summary['train_seconds']:.0f} s; "

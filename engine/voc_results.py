@@ -11,6 +11,7 @@ equals scoring the arrays.
 from __future__ import annotations
 
 import itertools
+import math
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -217,13 +218,23 @@ def _convert_unusual(
     data: bytes, starts: np.ndarray, ends: np.ndarray, values: np.ndarray, unusual: np.ndarray
 ) -> bool:
     """Fill in the tokens :func:`_parse_decimals` left to ``float()``; False if one is
-    not a number."""
+    not a finite number."""
     try:
         for index in np.flatnonzero(unusual):
-            values[index] = float(data[starts[index] : ends[index]])
+            values[index] = _finite(data[starts[index] : ends[index]])
     except ValueError:
         return False
     return True
+
+
+def _finite(token: bytes | str) -> float:
+    """``float(token)``; ValueError for text that is not a number, and for nan and
+    infinities (a score or coordinate that would change the AP silently)."""
+    value = float(token)
+    if not math.isfinite(value):
+        text = token.decode("utf-8", "replace") if isinstance(token, bytes) else token
+        raise ValueError(f"'{text}' is not a finite number")
+    return value
 
 
 def _raise_first_bad_line(path: Path, data: bytes, index_of: dict[str, int]) -> NoReturn:
@@ -242,7 +253,7 @@ def _raise_first_bad_line(path: Path, data: bytes, index_of: dict[str, int]) -> 
         if parts[0] not in index_of:
             raise ValueError(f"{path}:{number}: image '{parts[0]}' is not in the dataset")
         try:
-            [float(value) for value in parts[1:]]
+            [_finite(value) for value in parts[1:]]
         except ValueError as error:
             raise ValueError(f"{path}:{number}: non-numeric value ({error})") from error
     # Only whitespace outside ASCII (which str.split() takes) can bring us here.

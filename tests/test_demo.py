@@ -4,6 +4,7 @@ import pytest
 
 import demo
 import train
+from data.records import BadSampleError
 from tests.conftest import REPO_ROOT, tiny_train_overrides
 
 
@@ -81,6 +82,18 @@ def test_inputs_are_classified_and_empty_inputs_reported(checkpoint, tmp_path):
     pattern = str(tmp_path / "nothing_here_*.png")
     with pytest.raises(FileNotFoundError, match="no image, folder of images, glob match or video"):
         run_demo("--checkpoint", checkpoint, pattern, "--output", tmp_path / "out")
+    # A single file that is no image, and a folder of nothing readable, are errors.
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image")
+    with pytest.raises(BadSampleError, match=r"notes\.txt: unreadable or corrupt image$"):
+        run_demo("--checkpoint", checkpoint, notes, "--output", tmp_path / "out")
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    for name in ("a.jpg", "b.png"):
+        (folder / name).write_bytes(b"")
+    with pytest.raises(BadSampleError, match=r"none of the 2 images could be read; .*a\.jpg"):
+        run_demo("--checkpoint", checkpoint, folder, "--output", tmp_path / "out")
+    assert list((tmp_path / "out").iterdir()) == []
 
 
 def test_fssd_pytorch_style_weights_need_and_use_a_config(checkpoint, tiny_shapes_root, tmp_path):

@@ -17,6 +17,7 @@ from engine.evaluation import (
     Evaluator,
     coco_ground_truth,
     coco_results,
+    finite_json,
     read_voc_results_arrays,
     score_coco,
     score_voc_results,
@@ -243,6 +244,9 @@ def test_results_reader_takes_any_spacing_and_blank_lines(tmp_path):
         ("img1 0.5 1 2 3\nimg1 0.5 1 2 3 4 5\n", r"comp4_det_test_a.txt:1: expected"),
         ("img1 0.5 1 2 3 4\n\nimg9 0.5 1 2 3 4\n", r"a.txt:3: image 'img9' is not in the data"),
         ("img1 0.5 1 2 3 4\nimg1 high 1 2 3 4\n", r"a.txt:2: non-numeric value"),
+        ("img1 0.5 1 2 3 4\nimg1 nan 1 2 3 4\n", r"a.txt:2: .*'nan' is not a finite number"),
+        ("img1 -inf 1 2 3 4\n", r"a.txt:1: .*'-inf' is not a finite number"),
+        ("img1 0.5 1 2 1e999 4\n", r"a.txt:1: .*'1e999' is not a finite number"),
     ],
 )
 def test_results_reader_names_the_first_bad_line(tmp_path, text, message):
@@ -324,7 +328,7 @@ def test_test_script_writes_results_and_rescores_them(tiny_shapes_root, tmp_path
         assert rescored_map == pytest.approx(onnx_metrics["mAP"], abs=1e-9)
 
 
-def test_coco_metric_during_training_equals_test_script(tiny_shapes_root, tmp_path):
+def test_coco_metric_during_training_equals_test_script(tiny_shapes_root, tmp_path, capsys):
     """eval.metric=coco on VOC-format data: training's evaluation and test.py score the
     same checkpoint through the same Evaluator (ground truth built from the records)."""
     output = tmp_path / "run"
@@ -346,3 +350,31 @@ def test_coco_metric_during_training_equals_test_script(tiny_shapes_root, tmp_pa
     assert metrics["AP50"] > 0  # detections do land on objects: the equality means something
     entries = json.loads((results / "detections_coco.json").read_text())
     assert {entry["image_id"] for entry in entries} <= set(range(6))
+
+    # No detections at all (every score under the threshold): every class AP is 0,
+    # metrics.json is strict JSON and the table says why.
+    empty = tmp_path / "empty"
+    arguments = ["--checkpoint", str(output / "last.pt"), "--out", str(empty), "--no-plots"]
+    assert (
+        test_script.main(test_script.parse_args([*arguments, "postprocess.score_threshold=1.0"]))
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "no detections: every AP is 0" in printed
+
+    def refuse(constant):
+        raise AssertionError(f"metrics.json holds {constant}")
+
+    metrics = json.loads((empty / "metrics.json").read_text(), parse_constant=refuse)
+    assert metrics["mAP"] == 0.0 and set(metrics["ap_per_class"].values()) == {0.0}
+    assert metrics["note"].startswith("no detections")
+    json.loads((output / "results.json").read_text(), parse_constant=refuse)
+
+
+def test_undefined_values_are_null_in_the_json_files():
+    content = {"mAP": 0.5, "ap_per_class": {"a": float("nan"), "b": 1.0}, "x": [float("inf")]}
+    assert json.loads(finite_json(content)) == {
+        "mAP": 0.5,
+        "ap_per_class": {"a": None, "b": 1.0},
+        "x": [None],
+    }

@@ -61,9 +61,12 @@ def test_export_command_writes_and_checks_the_model(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert f"wrote {out}" in printed and out.stat().st_size > 0
     differences = [
-        float(line.split("=")[-1]) for line in printed.splitlines() if "max |onnxruntime" in line
+        float(line.split("= ")[1].split()[0])
+        for line in printed.splitlines()
+        if "max |onnxruntime" in line
     ]
     assert len(differences) == 2 and max(differences) < 1e-3
+    assert printed.count("(within ") == 2
     # The exported graph is the decoded detector: softmax scores sum to 1 per prior.
     config = load_config(None, TINY_MODEL)
     images = torch.rand(1, 3, 96, 96, generator=torch.Generator().manual_seed(2)) * 255
@@ -71,6 +74,34 @@ def test_export_command_writes_and_checks_the_model(tmp_path, capsys):
     num_priors = build_model(config).priors_cxcywh.shape[0]
     assert boxes.shape == (1, num_priors, 4) and scores.shape == (1, num_priors, 6)
     torch.testing.assert_close(scores.sum(-1), torch.ones(1, num_priors))
+
+
+def test_end_to_end_check_fails_on_a_difference_and_tells_ties_apart(tmp_path, capsys, monkeypatch):
+    """tools.export --end-to-end --check on random weights: the detections agree except
+    where scores tie (untrained heads give many bit-equal scores, whose order the two
+    runtimes break differently); a box moved by 2 px in ONNX Runtime's output fails the
+    command with one error."""
+    import tools.export
+
+    out = tmp_path / "e2e.onnx"
+    arguments = ["--out", str(out), "--end-to-end", "--check", *TINY_MODEL]
+    assert tools.export.main(tools.export.parse_args(arguments)) == 0
+    printed = capsys.readouterr().out
+    assert "detections equal (score within 1e-05, box within 0.5 px" in printed
+    assert "DIFFER" not in printed
+
+    real = tools.export.run_onnx
+
+    def shifted(path, images):
+        boxes, scores, labels, counts = real(path, images)
+        return boxes + 2.0, scores, labels, counts
+
+    monkeypatch.setattr(tools.export, "run_onnx", shifted)
+    with pytest.raises(
+        tools.export.ExportCheckError, match=r"e2e\.onnx: ONNX Runtime's detections differ"
+    ):
+        tools.export.main(tools.export.parse_args(arguments))
+    assert "DIFFER" in capsys.readouterr().out
 
 
 def assert_same_detections(onnx_outputs, expected, image_size):

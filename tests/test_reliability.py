@@ -5,6 +5,8 @@ import errno
 import json
 import os
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -121,6 +123,8 @@ def bad_custom_dataset(root, problem):
         (root / "img3.jpg").unlink()
     elif problem == "corrupt image":
         (root / "img3.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    elif problem == "inverted box":
+        _write_xml(root / "img3.xml", "img3.jpg", [("cat", (49, 10, 1, 70))], size=(96, 96))
     return root
 
 
@@ -132,7 +136,9 @@ def custom_overrides(root, output, workers):
             "data.on_bad_sample=stop", f"data.num_workers={workers}"]  # fmt: skip
 
 
-@pytest.mark.parametrize("problem", ["unknown class", "broken xml", "missing image"])
+@pytest.mark.parametrize(
+    "problem", ["unknown class", "broken xml", "missing image", "inverted box"]
+)
 def test_bad_sample_found_while_reading_exits_2_in_train_and_test(tmp_path, capsys, problem):
     root = bad_custom_dataset(tmp_path / "data", problem)
     overrides = custom_overrides(root, tmp_path / "run", workers=0)
@@ -140,7 +146,30 @@ def test_bad_sample_found_while_reading_exits_2_in_train_and_test(tmp_path, caps
     assert exit_of(test_script, "--config", QUICKSTART, *overrides, "model.weights=x.pt") == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if "img3" in line]
     assert len(errors) == 2 and all(line.startswith("error: ") for line in errors)
+    # Worded as what happens: the command stopped, nothing was left out.
+    assert all(line.endswith("; stopped (data.on_bad_sample=stop)") for line in errors)
+    assert all("left out" not in line for line in errors) or problem == "unknown class"
     assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_corrupt_image_met_in_training_ends_with_one_error_line(tmp_path, workers):
+    """train.py with data.on_bad_sample=stop: exit 2, last.pt saved, and the last line is
+    the one error line (as in the terminal: a separate process, loader workers too)."""
+    root = bad_custom_dataset(tmp_path / "data", "corrupt image")
+    output = tmp_path / "run"
+    overrides = [*custom_overrides(root, output, workers), "data.val_sets=[]", "train.epochs=1"]
+    result = subprocess.run([sys.executable, "train.py", "--config", QUICKSTART, *overrides],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == (
+        f"error: {root / 'img3.jpg'}: unreadable or corrupt image; stopped "
+        f"(data.on_bad_sample=stop); saved {output / 'last.pt'} at iteration 0: fix or remove "
+        "the file, then continue with --resume"
+    )
+    assert "Traceback" not in result.stderr
+    assert (output / "last.pt").is_file()
 
 
 def test_corrupt_image_in_a_loader_worker_exits_2_with_one_line(tmp_path, capsys):

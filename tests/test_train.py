@@ -16,6 +16,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import engine.trainer
 import engine.training
 import train
+from data.records import BadSampleError
 from data.sources import DataError
 from engine.training import (
     EpochOptions,
@@ -199,8 +200,14 @@ def test_bad_image_stops_cleanly_or_is_skipped(tmp_path, caplog):
         "model.num_classes=2",
         "train.epochs=2",
     ]
-    assert run_train(*base, "data.on_bad_sample=stop") == 2
-    assert "img3.jpg: unreadable or corrupt image" in caplog.text
+    message = (
+        r"img3\.jpg: unreadable or corrupt image; stopped \(data\.on_bad_sample=stop\); "
+        r"saved .*last\.pt at iteration \d+: fix or remove the file, then continue with --resume$"
+    )
+    with pytest.raises(BadSampleError, match=message) as stopped:
+        run_train(*base, "data.on_bad_sample=stop")
+    assert stopped.value.exit_code == 2
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["iteration"] >= 0
     caplog.clear()
     assert run_train(*base, "data.on_bad_sample=skip", f"train.output_dir={tmp_path / 'run2'}") == 0
     assert "img3.jpg: unreadable or corrupt image" in caplog.text

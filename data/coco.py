@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from pycocotools.coco import COCO
 
-from data.records import AnnotationRecord, ProblemReport, clean_boxes
+from data.records import MIN_BOX_SIDE, AnnotationRecord, ProblemReport, clean_boxes
 from utils.boxes import xywh_to_xyxy
 
 logger = logging.getLogger(__name__)
@@ -53,13 +53,15 @@ def read_coco(
     problems: ProblemReport,
     *,
     keep_empty: bool,
+    min_box_side: float = MIN_BOX_SIDE,
 ) -> list[AnnotationRecord]:
     """Records of a COCO file. Labels follow ``class_names`` (matched by category name).
 
     Crowd boxes are left out of the targets (COCO AP reads them from the annotation
     file itself, where COCOeval ignores detections on them). Images
     without annotations are kept when ``keep_empty`` (evaluation) and left out otherwise.
-    Each record carries its COCO image id in ``extra["coco_id"]``.
+    Each record carries its COCO image id in ``extra["coco_id"]``. An image whose file
+    is not in ``image_dir`` is reported and left out, as the VOC reader does.
     """
     coco = load_coco(annotation_file)
     label_of_name = {name: label for label, name in enumerate(class_names, start=1)}
@@ -76,6 +78,11 @@ def read_coco(
     for image_id in sorted(coco.imgs):
         info = coco.imgs[image_id]
         width, height = int(info["width"]), int(info["height"])
+        source = f"{annotation_file} (image {image_id}, {info['file_name']})"
+        image_path = image_dir / info["file_name"]
+        if not image_path.is_file():
+            problems.report(source, f"image file {image_path} not found; image left out")
+            continue
         boxes, labels, box_names = [], [], []
         for annotation in coco.imgToAnns.get(image_id, []):
             if annotation.get("iscrowd", 0) or annotation["category_id"] not in label_of_category:
@@ -85,15 +92,14 @@ def read_coco(
             box_names.append(f"annotation {annotation['id']}")
         boxes_array = xywh_to_xyxy(np.asarray(boxes, dtype=np.float64).reshape(-1, 4))
         boxes_array = boxes_array.astype(np.float32)
-        source = f"{annotation_file} (image {image_id}, {info['file_name']})"
-        keep = clean_boxes(boxes_array, width, height, source, problems, box_names)
+        keep = clean_boxes(boxes_array, width, height, source, problems, box_names, min_box_side)
         if not keep.any() and not keep_empty:
             empty += 1
             continue
         records.append(
             AnnotationRecord(
                 image_id=str(image_id),
-                image_path=image_dir / info["file_name"],
+                image_path=image_path,
                 width=width,
                 height=height,
                 boxes=boxes_array[keep],

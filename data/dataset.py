@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
 import numpy as np
@@ -80,6 +81,26 @@ class DetectionDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def unreadable_images(self, workers: int = 2) -> list[tuple[AnnotationRecord, BadSampleError]]:
+        """What reading every image as training does (the same decoder, the same
+        reduced scale) finds wrong: missing, zero-byte, corrupt or truncated files, in
+        record order. Decodes every image once."""
+
+        def check(record: AnnotationRecord) -> BadSampleError | None:
+            try:
+                read_image_reduced(record.image_path, min_side=self.decode_min_side)
+            except BadSampleError as error:
+                return error
+            return None
+
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            found = list(pool.map(check, self.records))
+        return [
+            (record, error)
+            for record, error in zip(self.records, found, strict=True)
+            if error is not None
+        ]
 
     def _load(
         self, index: int, rng: np.random.Generator

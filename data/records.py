@@ -106,6 +106,11 @@ def problem_kind(problem: str) -> str:
     return re.sub(r"\d+(\.\d+)?", "N", problem)
 
 
+# data.min_box_side's default: boxes narrower or lower than this, in the image's own
+# pixels, are left out (a VOC box with xmin == xmax is 1 px wide: a mark, not an object).
+MIN_BOX_SIDE = 2.0
+
+
 def clean_boxes(
     boxes: np.ndarray,
     width: int,
@@ -113,13 +118,15 @@ def clean_boxes(
     source: str,
     problems: ProblemReport,
     box_names: Sequence[str],
+    min_side: float = MIN_BOX_SIDE,
 ) -> np.ndarray:
     """Boolean mask of usable boxes; boxes outside the image are clipped in place.
 
     Inverted or empty boxes are reported and masked out; boxes reaching outside the
-    image are reported and clipped to it. ``box_names`` name each box as its file does
-    (``object 3`` of a VOC XML, ``annotation 17`` of a COCO file), so that a report
-    points at the right entry when others were dropped before.
+    image are reported and clipped to it; boxes (after clipping) narrower or lower than
+    ``min_side`` pixels are reported and masked out. ``box_names`` name each box as its
+    file does (``object 3`` of a VOC XML, ``annotation 17`` of a COCO file), so that a
+    report points at the right entry when others were dropped before.
     """
     keep = np.ones(len(boxes), dtype=bool)
     for index, (box, name) in enumerate(zip(boxes, box_names, strict=True)):
@@ -145,6 +152,14 @@ def clean_boxes(
                 f"clipped to {_fmt(clipped)}",
             )
             boxes[index] = clipped
+        box_width, box_height = boxes[index, 2] - boxes[index, 0], boxes[index, 3] - boxes[index, 1]
+        if box_width < min_side or box_height < min_side:
+            problems.report(
+                source,
+                f"{name} {_fmt(boxes[index])} is {box_width:g}x{box_height:g} px, under "
+                f"data.min_box_side={min_side:g}; left out",
+            )
+            keep[index] = False
     return keep
 
 

@@ -155,9 +155,12 @@ def read_records(
                     class_names,
                     problems,
                     keep_empty=split != "train",
+                    min_box_side=data.min_box_side,
                 )
             else:
-                records += read_voc_format(files.folder, files.split, class_names, problems)
+                records += read_voc_format(
+                    files.folder, files.split, class_names, problems, data.min_box_side
+                )
         except (FileNotFoundError, ValueError) as error:
             raise DataError(str(error)) from error
     problems.summarize(f"{data.dataset} {split} sets {sets}")

@@ -16,6 +16,7 @@ import numpy as np
 
 from data.records import (
     IMAGE_EXTENSIONS,
+    MIN_BOX_SIDE,
     AnnotationRecord,
     BadSampleError,
     ProblemReport,
@@ -87,6 +88,7 @@ def parse_annotation(
     image_dirs: Sequence[Path],
     class_names: Sequence[str],
     problems: ProblemReport,
+    min_box_side: float = MIN_BOX_SIDE,
 ) -> AnnotationRecord | None:
     """One VOC XML as a record, or ``None`` when the image must be left out.
 
@@ -146,7 +148,7 @@ def parse_annotation(
             f"classes: {', '.join(class_names)}",
         )
     boxes_array = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-    keep = clean_boxes(boxes_array, width, height, str(path), problems, box_names)
+    keep = clean_boxes(boxes_array, width, height, str(path), problems, box_names, min_box_side)
     if not keep.any():
         problems.report(path, "no objects to train on; image left out")
         return None
@@ -204,8 +206,10 @@ def read_voc_format(
     split: str,
     class_names: Sequence[str],
     problems: ProblemReport,
+    min_box_side: float = MIN_BOX_SIDE,
 ) -> list[AnnotationRecord]:
-    """Records of one split of a folder holding VOC-style XML (and the images).
+    """Records of one split of a folder holding VOC-style XML (and the images); boxes
+    under ``min_box_side`` pixels are reported and left out.
 
     Without a split list (``all``: every XML of the folder), images that no XML
     annotates are reported as one problem (their count and first names) and left out.
@@ -217,7 +221,7 @@ def read_voc_format(
         if not path.is_file():
             problems.report(path, f"annotation file listed in split '{split}' not found")
             continue
-        record = parse_annotation(path, directories, class_names, problems)
+        record = parse_annotation(path, directories, class_names, problems, min_box_side)
         if record is not None:
             records.append(record)
     if read_split_ids(folder, split) is None:

@@ -438,3 +438,55 @@ def test_evaluation_shards_are_the_single_process_batches():
     assert shards == [[[0, 1], [6]], [[2, 3]], [[4, 5]]]
     assert [len(ShardBatches(7, 2, rank, 3)) for rank in range(3)] == [2, 1, 1]
     assert list(ShardBatches(3, 4, 1, 2)) == []  # a rank with nothing to do
+
+
+def test_coco_images_missing_on_disk_are_reported_and_left_out(tmp_path, caplog):
+    """A COCO file naming an image that is not there: reported with the file, and
+    neither trained on nor fitted to (tools.make_config fits priors to these records)."""
+    import json
+
+    (tmp_path / "images").mkdir()
+    _write_image(tmp_path / "images" / "here.jpg")
+    content = {
+        "images": [
+            {"id": 1, "file_name": "here.jpg", "width": 100, "height": 80},
+            {"id": 2, "file_name": "gone.jpg", "width": 100, "height": 80},
+        ],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 30, 20], "area": 600,
+             "iscrowd": 0},
+            {"id": 2, "image_id": 2, "category_id": 1, "bbox": [5, 5, 50, 50], "area": 2500,
+             "iscrowd": 0},
+        ],
+        "categories": [{"id": 1, "name": "cat"}],
+    }  # fmt: skip
+    annotation_file = tmp_path / "instances.json"
+    annotation_file.write_text(json.dumps(content))
+    problems = ProblemReport("skip")
+    records = read_coco(annotation_file, tmp_path / "images", ["cat"], problems, keep_empty=True)
+    assert [record.image_id for record in records] == ["1"]
+    assert problems.problems == [
+        f"{annotation_file} (image 2, gone.jpg): image file {tmp_path / 'images' / 'gone.jpg'} "
+        "not found; image left out"
+    ]
+    with pytest.raises(BadSampleError, match=r"gone\.jpg not found; stopped"):
+        read_coco(annotation_file, tmp_path / "images", ["cat"], ProblemReport("stop"),
+                  keep_empty=True)  # fmt: skip
+
+
+def test_boxes_under_the_minimum_side_are_reported_and_left_out(tmp_path):
+    """VOC's inclusive pixels make xmin == xmax a 1 px wide box: under data.min_box_side
+    (2 px) it is reported by file and object and left out; 0 keeps it."""
+    _write_image(tmp_path / "a.jpg")
+    objects = [("cat", (10, 10, 50, 50)), ("cat", (30, 5, 30, 40)), ("cat", (60, 20, 62, 21))]
+    _write_xml(tmp_path / "a.xml", "a.jpg", objects)
+    problems = ProblemReport("skip")
+    [record] = read_voc_format(tmp_path, "all", ["cat"], problems)
+    # Object 2 (VOC 60..62 x 20..21) is 3x2 px: just enough.
+    np.testing.assert_array_equal(record.boxes, [[9, 9, 50, 50], [59, 19, 62, 21]])
+    assert problems.problems == [
+        f"{tmp_path / 'a.xml'}: object 1 [29, 4, 30, 40] is 1x36 px, under "
+        "data.min_box_side=2; left out"
+    ]
+    [everything] = read_voc_format(tmp_path, "all", ["cat"], ProblemReport("skip"), 0.0)
+    assert everything.num_objects == 3

@@ -130,6 +130,49 @@ def test_inspect_data_reports_and_draws(tiny_shapes_root, tmp_path, capsys):
     assert cv2.imread(str(out / "grid.png")).shape[1] == 4 * 324
 
 
+def test_inspect_data_lists_every_image_training_cannot_read(tmp_path, capsys, caplog):
+    """A corrupt, a zero-byte and a truncated JPEG (the XML gives their sizes, so only
+    decoding finds them): inspect_data's problem list names exactly the images the
+    training reader skips, even under data.on_bad_sample=stop."""
+    from data.loader import build_dataset
+    from tests.test_data import _write_xml
+
+    root = tmp_path / "data"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for index in range(6):
+        image = rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)
+        cv2.imwrite(str(root / f"img{index}.jpg"), image)
+        _write_xml(root / f"img{index}.xml", f"img{index}.jpg", [("cat", (10, 10, 60, 70))],
+                   size=(96, 96))  # fmt: skip
+    (root / "img1.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    (root / "img2.jpg").write_bytes(b"")
+    whole = (root / "img3.jpg").read_bytes()
+    (root / "img3.jpg").write_bytes(whole[: len(whole) // 2])
+    overrides = ["data.dataset=custom", f"data.root={root}", "data.train_sets=[all]",
+                 "data.val_sets=[all]", "data.class_names=[cat]", "model.num_classes=2",
+                 "data.on_bad_sample=stop"]  # fmt: skip
+    arguments = ["--config", str(QUICKSTART), *overrides, "--out", str(tmp_path / "out")]
+    assert inspect_data.main(inspect_data.parse_args(arguments)) == 0
+    printed = capsys.readouterr().out
+    assert "problems (3):" in printed
+    assert "3 x unreadable or corrupt image" in printed
+
+    # The training reader, under skip, over every sample: the same three files.
+    config = load_config(QUICKSTART, [*overrides[:-1], "data.on_bad_sample=skip"])
+    dataset = build_dataset(config, "train", ["cat"])
+    caplog.clear()
+    for index in range(len(dataset)):
+        dataset[(index, 0)]
+    skipped = sorted(
+        record.getMessage().split(":")[0]
+        for record in caplog.records
+        if "unreadable or corrupt image (skipped)" in record.getMessage()
+    )
+    assert skipped == sorted(str(root / f"img{index}.jpg") for index in (1, 2, 3))
+    assert sorted(str(record.image_path) for record, _ in dataset.unreadable_images()) == skipped
+
+
 def prior_coverage(config, records, threshold):
     """The share of the records' boxes whose best IoU with the built model's priors
     reaches ``threshold``."""

@@ -286,20 +286,26 @@ def test_models_without_batchnorm_cannot_be_pruned():
         select_channels(channel_groups(model), 0.5)
 
 
-def test_prune_then_evaluate_and_fine_tune(tiny_shapes_root, tmp_path, capsys):
-    """The three stages through the scripts: the pruned checkpoint carries its widths
-    into test.py, train.py --init and a resumed fine-tuning run."""
-    overrides = tiny_train_overrides(tiny_shapes_root, tmp_path / "finetune")
+def trained_checkpoint(root, tmp_path, output_name):
+    """A tiny model with random BatchNorm scales saved as a shapes checkpoint: the
+    overrides of a run into ``tmp_path / output_name``, the config, the model and the
+    checkpoint's path."""
+    overrides = tiny_train_overrides(root, tmp_path / output_name)
     config = load_config(None, overrides)
     model = build_model(config)
     randomise_batchnorm(model)
     source = tmp_path / "trained.pt"
-    save_checkpoint(
-        make_checkpoint(
-            config=config, model_state=model.state_dict(), class_names=list(SHAPE_CLASSES)
-        ),
-        source,
+    state = make_checkpoint(
+        config=config, model_state=model.state_dict(), class_names=list(SHAPE_CLASSES)
     )
+    save_checkpoint(state, source)
+    return overrides, config, model, source
+
+
+def test_prune_then_evaluate_and_fine_tune(tiny_shapes_root, tmp_path, capsys):
+    """The three stages through the scripts: the pruned checkpoint carries its widths
+    into test.py, train.py --init and a resumed fine-tuning run."""
+    overrides, config, model, source = trained_checkpoint(tiny_shapes_root, tmp_path, "finetune")
     pruned = tmp_path / "pruned.pt"
     arguments = ["--checkpoint", str(source), "--ratio", "0.5", "--out", str(pruned)]
     arguments += ["--benchmark", "--repeats", "2"]
@@ -354,17 +360,7 @@ def test_a_second_round_through_the_scripts(tiny_shapes_root, tmp_path, capsys):
     """prune.py, train.py --init with sparsity, prune.py again: the rounds and the
     composed widths travel with every checkpoint, and the second round says how far
     the model is from the unpruned one."""
-    overrides = tiny_train_overrides(tiny_shapes_root, tmp_path / "sparse")
-    config = load_config(None, overrides)
-    model = build_model(config)
-    randomise_batchnorm(model)
-    source = tmp_path / "trained.pt"
-    save_checkpoint(
-        make_checkpoint(
-            config=config, model_state=model.state_dict(), class_names=list(SHAPE_CLASSES)
-        ),
-        source,
-    )
+    overrides, config, model, source = trained_checkpoint(tiny_shapes_root, tmp_path, "sparse")
     first = tmp_path / "pruned_1.pt"
     arguments = ["--checkpoint", str(source), "--ratio", "0.5", "--out", str(first)]
     assert prune_script.main(prune_script.parse_args(arguments)) == 0

@@ -85,6 +85,45 @@ def test_a_failed_save_ends_training_with_one_error_line(
     ]
 
 
+# train.py run as from the shell, with TensorBoard's record writer failing as on a full
+# disk after the file header and the first events.
+FULL_DISK_UNDER_TENSORBOARD = """
+import errno, os, runpy, sys
+from tensorboard.summary.writer.record_writer import RecordWriter
+real_write, calls = RecordWriter.write, []
+def fills_up(self, data):
+    calls.append(1)
+    if len(calls) > 3:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return real_write(self, data)
+RecordWriter.write = fills_up
+sys.argv = ["train.py", *sys.argv[1:]]
+runpy.run_path("train.py", run_name="__main__")
+"""
+
+
+def test_a_full_disk_under_tensorboard_ends_training_with_one_error_line(
+    tiny_shapes_root, tmp_path
+):
+    """TensorBoard writes its events in a thread of its own: a full disk there gives one
+    error line naming the folder and the cause, not the thread's traceback."""
+    output = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-c", FULL_DISK_UNDER_TENSORBOARD, "--config", QUICKSTART,
+         *tiny_train_overrides(tiny_shapes_root, output)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    err = result.stderr
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert errors == [
+        f"error: {output}: could not write the metrics (metrics.jsonl, tensorboard/): No space "
+        "left on device; free some space or set another train.output_dir, then continue with "
+        "--resume"
+    ]
+    assert "Traceback" not in err and "Exception in thread" not in err
+
+
 def test_stale_temporary_checkpoints_are_removed(tiny_shapes_root, tmp_path, monkeypatch):
     output = tmp_path / "run"
     output.mkdir()

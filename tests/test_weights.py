@@ -116,6 +116,24 @@ def test_torchvision_weights_come_from_the_hub_cache(tmp_path, monkeypatch):
     assert torch.equal(model.features.backbone.bn1.running_mean, state["bn1.running_mean"])
 
 
+def test_efficientnet_b3_weights_come_from_the_hub_cache(tmp_path, monkeypatch):
+    """torchvision's EfficientNet-B3 file, looked up under its own name in the hub
+    cache: every backbone tensor loads, the classifier is ignored."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    state = random_state_dict(torchvision.models.efficientnet_b3)
+    path = hub_cache_path(torchvision_weights_url("efficientnet_b3"))
+    assert path.name == "efficientnet_b3_rwightman-b3899882.pth"
+    path.parent.mkdir(parents=True)
+    torch.save(state, path)
+    config = load_config(
+        REPO_ROOT / "configs" / "ssd300_efficientnet_b3_voc.yaml",
+        ["model.backbone_weights=torchvision"],
+    )
+    backbone = build_model(config).features.backbone
+    for key, value in backbone.state_dict().items():
+        assert torch.equal(value, state[key]), key
+
+
 def test_mobilenet_weights_load_from_a_file(tmp_path):
     state = random_state_dict(torchvision.models.mobilenet_v2)
     path = tmp_path / "mobilenet_v2.pth"

@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from data.dataset import sample_rng
-from data.loader import build_transform
+from data.loader import build_dataset, build_transform
 from data.records import AnnotationRecord, BadSampleError, ProblemReport, read_image
 from data.sources import prepare_data, read_records, resolve_class_names
 from data.statistics import SplitStatistics, split_statistics
@@ -37,6 +37,7 @@ from utils.cli import (
     script_parser,
 )
 from utils.config import Config, load_config
+from utils.device import available_cores
 from utils.log import setup_logging
 from utils.visualize import class_color, draw_detections
 
@@ -66,8 +67,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def read_split(
     config: Config, split: str, class_names: list[str]
 ) -> tuple[list[AnnotationRecord], SplitStatistics]:
-    problems = ProblemReport(config.data.on_bad_sample)
+    """The records of a split and their statistics, with every problem the training
+    reader would meet: those of the annotations, and the images it cannot decode
+    (each image is decoded once, as training decodes it). Every problem is listed,
+    whatever ``data.on_bad_sample`` says."""
+    problems = ProblemReport("skip")
     records = read_records(config, split, class_names, problems)
+    dataset = build_dataset(config, split, class_names, records)
+    for record, error in dataset.unreadable_images(workers=available_cores()):
+        problem = str(error).removeprefix(f"{record.image_path}: ")
+        problems.report(record.image_path, f"{problem} (skipped)")
     return records, split_statistics(split, records, class_names, config.model.image_size, problems)
 
 

@@ -158,6 +158,10 @@ class DataConfig:
     # A bad sample (unreadable image, XML without objects, box outside the image or
     # inverted, unknown class): "skip" reports and leaves it out, "stop" ends the run.
     on_bad_sample: Literal["skip", "stop"] = "skip"
+    # Boxes narrower or lower than this (pixels of the original image, after clipping)
+    # are reported and left out: VOC's inclusive pixels make a box with xmin == xmax
+    # 1 px wide (BCCD has such marks). 0 keeps every non-empty box.
+    min_box_side: float = 2.0
     # Loader processes per training process; auto: the cores available to this process,
     # shared by the training processes on this machine, less one for the training process
     # itself (at least 1). The first epoch logs how many a run needs if the step waits
@@ -359,6 +363,7 @@ RANGES: dict[str, Range] = {
     "train.checkpoint_interval": AT_LEAST_ONE,
     "train.checkpoint_minutes": NON_NEGATIVE,
     "train.dist_timeout_minutes": POSITIVE,
+    "data.min_box_side": NON_NEGATIVE,
     "train.log_interval": AT_LEAST_ONE,
     "train.sparsity": NON_NEGATIVE,
     "train.mixup_prob": PROBABILITY,

@@ -7,9 +7,13 @@ import json
 import logging
 import math
 import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from utils.errors import UserError
 from utils.files import atomic_write_text
 
 if TYPE_CHECKING:
@@ -39,6 +43,29 @@ def progress_bar(iterable: Any, **kwargs: Any) -> Any:
     return tqdm(iterable, dynamic_ncols=True, leave=False, **kwargs)
 
 
+class MetricsWriteError(UserError):
+    """The metrics log or the TensorBoard events could not be written (a full disk)."""
+
+
+def _quiet_tensorboard_thread_errors() -> None:
+    """Keep the traceback of a failed write in TensorBoard's writer thread off stderr:
+    the thread keeps the exception and the next write from the training thread raises
+    it, where :class:`MetricsWriter` turns it into one error line."""
+    previous: Callable[[threading.ExceptHookArgs], Any] = threading.excepthook
+    if getattr(previous, "quiet_tensorboard", False):
+        return
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if type(args.thread).__name__ == "_AsyncWriterThread" and isinstance(
+            args.exc_value, OSError
+        ):
+            return
+        previous(args)
+
+    hook.quiet_tensorboard = True  # type: ignore[attr-defined]
+    threading.excepthook = hook
+
+
 class MetricsWriter:
     """Scalars to TensorBoard (``DIR/tensorboard``) and to ``DIR/metrics.jsonl``, one JSON
     object a line: ``{"kind": "train"|"eval"|"throughput", "iteration": N, "epoch": E, ...}``.
@@ -46,7 +73,8 @@ class MetricsWriter:
     A writer with ``enabled=False`` (ranks other than 0) does nothing. With
     ``resume_iteration`` (a run resumed from a checkpoint of that iteration) the lines
     and TensorBoard events logged after that iteration by the interrupted run are
-    dropped: the resumed run logs those iterations again.
+    dropped: the resumed run logs those iterations again. A write that fails (a full
+    disk) raises :class:`MetricsWriteError` naming the folder and the cause.
     """
 
     def __init__(
@@ -55,7 +83,9 @@ class MetricsWriter:
         self.enabled = enabled
         self.output_dir = Path(output_dir)
         self._tensorboard = None
+        self._failed = False
         if enabled:
+            _quiet_tensorboard_thread_errors()
             self.output_dir.mkdir(parents=True, exist_ok=True)
             from torch.utils.tensorboard import SummaryWriter
 
@@ -68,27 +98,53 @@ class MetricsWriter:
             )
             self._jsonl = path.open("a", encoding="utf-8")
 
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        try:
+            yield
+        except OSError as error:
+            self._failed = True
+            cause = error.strerror or str(error)
+            raise MetricsWriteError(
+                f"{self.output_dir}: could not write the metrics (metrics.jsonl, "
+                f"tensorboard/): {cause}; free some space or set another train.output_dir, "
+                "then continue with --resume"
+            ) from None
+
     def write(self, kind: str, iteration: int, epoch: int, values: dict[str, Any]) -> None:
         if not self.enabled:
             return
         record = {"kind": kind, "iteration": iteration, "epoch": epoch}
-        for key, value in values.items():
-            if hasattr(value, "item"):  # a tensor or NumPy scalar
-                value = value.item()
-            record[key] = value
-            if isinstance(value, (int, float)) and math.isfinite(value):
-                self._tensorboard.add_scalar(f"{kind}/{key}", value, iteration)
-        self._jsonl.write(json.dumps(record) + "\n")
-        self._jsonl.flush()
+        with self._writing():
+            for key, value in values.items():
+                if hasattr(value, "item"):  # a tensor or NumPy scalar
+                    value = value.item()
+                record[key] = value
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    self._tensorboard.add_scalar(f"{kind}/{key}", value, iteration)
+            self._jsonl.write(json.dumps(record) + "\n")
+            self._jsonl.flush()
 
     def histogram(self, name: str, values: torch.Tensor, iteration: int) -> None:
         if self.enabled and values.numel():
-            self._tensorboard.add_histogram(name, values.detach().float().cpu(), iteration)
+            with self._writing():
+                self._tensorboard.add_histogram(name, values.detach().float().cpu(), iteration)
 
     def close(self) -> None:
-        if self.enabled:
-            self._tensorboard.close()
-            self._jsonl.close()
+        """Flush and close; after a failed write, close without raising again (the
+        run is already ending on that error)."""
+        if not self.enabled:
+            return
+        failed_before = self._failed
+        try:
+            with self._writing():
+                try:
+                    self._tensorboard.close()
+                finally:
+                    self._jsonl.close()
+        except MetricsWriteError:
+            if not failed_before:
+                raise
 
 
 def _drop_lines_after(path: Path, iteration: int) -> None:

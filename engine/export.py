@@ -420,10 +420,10 @@ def compare_detections(
                 unmatched_ours.append((score, label))
         unmatched_theirs = list(zip(theirs[1][~used], theirs[2][~used], strict=True))
         total += len(ours[1])
-        candidates = candidate_scores[index].double().numpy()  # [P, C]
+        probabilities = candidate_scores[index].double().numpy()  # [P, C]
         capped = len(ours[1]) >= max_detections or count >= max_detections
         for score, label in unmatched_ours + unmatched_theirs:
-            near = np.abs(candidates - float(score)) <= score_tolerance  # [P, C]
+            near = np.abs(probabilities - float(score)) <= score_tolerance  # [P, C]
             # A twin is another candidate than the detection's own prior.
             if near[:, int(label)].sum() > 1 or (capped and near[:, 1:].sum() > 1):
                 tied += 1

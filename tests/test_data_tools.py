@@ -423,6 +423,35 @@ def test_detection_cap_leaves_room_for_the_most_crowded_image():
     assert make_config.detection_cap(6, 200) == 200
 
 
+def test_crowded_classes_get_candidates_for_every_object():
+    # BCCD: 25 red cells in one image -> 625 -> 700 per class before NMS; 279 trees
+    # would want 7,000 and get the cap of 1,000; a few objects keep the base's 200.
+    assert make_config.candidate_count(25, 200) == 700
+    assert make_config.candidate_count(279, 200) == 1000
+    assert make_config.candidate_count(4, 200) == 200
+    assert make_config.candidate_count(4, 1500) == 1500  # the base's own, if more
+
+
+def test_make_config_gives_a_crowded_class_its_candidates(tmp_path):
+    from tests.test_data import _write_xml
+
+    root = tmp_path / "cells"
+    root.mkdir()
+    for index, count in enumerate((12, 3)):
+        cv2.imwrite(str(root / f"img{index}.jpg"), np.full((96, 128, 3), 90, np.uint8))
+        objects = [("cell", (2 + 10 * k, 10, 10 + 10 * k, 30)) for k in range(count)]
+        objects.append(("other", (5, 50, 40, 90)))
+        _write_xml(root / f"img{index}.xml", f"img{index}.jpg", objects, size=(128, 96))
+    out = tmp_path / "cells.yaml"
+    assert make(["--data", root, "--base", QUICKSTART, "--image-size", 96, "--out", out]) == 0
+    config, text = load_config(out), out.read_text()
+    # 12 cells in one image: 300 candidates per class; 13 objects need no larger cap.
+    assert (config.postprocess.pre_nms_topk, config.postprocess.max_detections) == (300, 200)
+    assert "a training image holds 13 objects, 12 of one class: 300 candidates" in " ".join(
+        line.strip(" #") for line in text.splitlines()
+    )
+
+
 def test_yolo_dataset_writes_the_boxes_this_project_trains_on(tmp_path):
     root = tmp_path / "custom"
     write_custom_folder(root)

@@ -743,3 +743,22 @@ def test_channels_last_training_follows_the_nchw_run(tiny_shapes_root, tmp_path,
     assert losses["true"][0] == pytest.approx(losses["false"][0], rel=1e-5)
     assert losses["true"][1] == pytest.approx(losses["false"][1], rel=1e-2)
     assert losses["true"][1] != pytest.approx(losses["true"][0], rel=1e-2)  # it did train
+
+
+def test_a_failed_collective_is_one_line_naming_the_rank_and_the_timeout():
+    from utils.distributed import collective_error
+
+    two = DistributedContext(rank=1, world_size=2)
+    gloo = RuntimeError(
+        "[pair.cc:545] Read error [127.0.0.1]:42195: Connection reset by peer\nmore"
+    )
+    error = collective_error(gloo, two, 30.0, "rerun with --resume")
+    assert str(error) == (
+        "rank 1 of 2: a collective with the other processes failed ([pair.cc:545] Read error "
+        "[127.0.0.1]:42195: Connection reset by peer): another process died (torchrun's "
+        "summary names it) or stalled longer than train.dist_timeout_minutes=30; rerun with "
+        "--resume"
+    )
+    assert collective_error(gloo, DistributedContext(), 30.0, "") is None  # one process
+    assert collective_error(RuntimeError("shape mismatch"), two, 30.0, "") is None
+    assert collective_error(ValueError("gloo"), two, 30.0, "") is None

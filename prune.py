@@ -46,7 +46,7 @@ from models.pruning import (
     select_channels,
     select_to_widths,
 )
-from utils.checkpoint import channel_widths, make_checkpoint, pruning_rounds, save_checkpoint
+from utils.checkpoint import make_checkpoint, pruning_rounds, save_checkpoint
 from utils.cli import (
     add_channels_last_argument,
     add_checkpoint_argument,
@@ -264,8 +264,9 @@ def main(args: argparse.Namespace) -> int:
         config=config,
         model_state=model.state_dict(),
         class_names=(checkpoint or {}).get("class_names") or [],
-        # Every group's width, as this round leaves it: the widths compose.
-        channel_widths={**channel_widths(checkpoint), **widths},
+        # Every group's width as this round leaves it (prune_channels lists them all),
+        # so a later round starts from these.
+        channel_widths=widths,
         pruning=this_round,
         pruning_rounds=[*previous_rounds, this_round],
     )

@@ -6,7 +6,7 @@ Where each part comes from, in one place:
 - the config: ``--config`` with overrides, else the one a project checkpoint holds
   (:func:`utils.checkpoint.config_and_checkpoint`);
 - the channel widths: the checkpoint's, else ``model.widths_file``'s, else the full
-  model (:func:`models.build.resolve_channel_widths`);
+  model (:func:`models.pruning.resolve_channel_widths`);
 - the weights: a weights file (this project's checkpoint or fssd.pytorch's state dict),
   else with ``pretrained`` the config's ``model.weights`` / ``model.backbone_weights``,
   else random.

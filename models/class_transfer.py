@@ -76,10 +76,6 @@ class ClassMapping:
         taken = {label for label in self.source_labels if label is not None}
         return [name for label, name in enumerate(self.source_names, start=1) if label not in taken]
 
-    @property
-    def is_identity(self) -> bool:
-        return self.source_names == self.target_names
-
     def describe(self) -> str:
         """Which classes were carried (with the source's name where it differs), which
         are new and which were dropped."""

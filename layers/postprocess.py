@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from torchvision.ops import nms
 
 from layers.box_coding import decode
-from utils.boxes import box_iou_np, pairwise_intersection
+from utils.boxes import IouRows, pairwise_intersection
 
 NmsMethod = Literal["hard", "soft_linear", "soft_gaussian"]
 NMS_METHODS: tuple[str, ...] = ("hard", "soft_linear", "soft_gaussian")
@@ -76,11 +76,9 @@ def postprocess(
         )
     batch_size, num_priors, num_classes = conf_logits.shape
     num_foreground = num_classes - 1
-    scores = F.softmax(conf_logits.float(), dim=-1)[:, :, 1:]  # [B, P, C-1]
+    scores = class_scores_of(conf_logits)  # [B, C-1, P]
     per_class = min(pre_nms_topk, num_priors)
-    class_scores, class_priors = topk_lowest_first(
-        scores.transpose(1, 2), per_class, ordered=False
-    )  # [B, C-1, K]
+    class_scores, class_priors = topk_lowest_first(scores, per_class, ordered=False)  # [B, C-1, K]
     classes = torch.arange(num_foreground, device=scores.device)[None, :, None]
     candidate_scores = class_scores.reshape(batch_size, -1)  # [B, (C-1)*K]
     candidate_index = (class_priors * num_foreground + classes).reshape(batch_size, -1)
@@ -124,6 +122,14 @@ def postprocess(
     ]
 
 
+def class_scores_of(conf_logits: Tensor) -> Tensor:
+    """``[B, C-1, P]`` foreground class probabilities from ``[B, P, C]`` logits: the
+    softmax over the classes, laid out class by class for the per-class top-k. Taken
+    over a ``[B, C, P]`` copy: PyTorch's softmax along a last dimension of a few
+    classes is 20 times slower on a CPU (0.57 against 0.03 ms for BCCD's 9,456 x 4)."""
+    return F.softmax(conf_logits.float().transpose(1, 2).contiguous(), dim=1)[:, 1:]
+
+
 def soft_nms(
     boxes: Tensor,
     scores: Tensor,
@@ -154,10 +160,10 @@ def soft_nms(
     """
     if method not in NMS_METHODS:
         raise ValueError(f"unknown NMS method {method!r}; expected one of {', '.join(NMS_METHODS)}")
-    # torchvision's IoU formula in float32, in numpy: 6x faster than box_iou on one
-    # thread at 700 boxes (the candidates of a crowded class), the same values.
-    corners = boxes.detach().float().cpu().numpy()
-    iou = box_iou_np(corners[:, None], corners[None]).astype(np.float64)  # [N, N]
+    # One row of IoUs per box taken, in numpy (torchvision's formula in float32; the
+    # same values as its box_iou): a crowded class takes a few dozen of its hundreds of
+    # candidates, so the rows cost a tenth of the full matrix.
+    iou_row = IouRows(boxes.detach().float().cpu().numpy())
     current = scores.detach().float().cpu().numpy().astype(np.float64)
     alive = current > score_threshold
     taken, taken_scores = [], []
@@ -167,14 +173,14 @@ def soft_nms(
         taken.append(index)
         taken_scores.append(current[index])
         alive[index] = False
-        overlap = iou[index]
+        overlap = iou_row(index).astype(np.float64)
         if method == "soft_gaussian":
             decay = np.exp(-(overlap**2) / sigma)
         elif method == "soft_linear":
             decay = np.where(overlap > iou_threshold, 1.0 - overlap, 1.0)
         else:
             decay = np.where(overlap > iou_threshold, 0.0, 1.0)
-        current = np.where(alive, current * decay, current)
+        current *= decay  # boxes no longer alive are never read again
         alive &= current > score_threshold
     return (
         torch.tensor(taken, dtype=torch.int64, device=boxes.device),
@@ -199,9 +205,8 @@ def _soft_postprocess(
     ``pre_nms_topk`` best priors above the threshold, decoded, through Soft-NMS; then
     each image's ``max_detections`` highest decayed scores."""
     batch_size, num_priors, num_classes = conf_logits.shape
-    scores = F.softmax(conf_logits.float(), dim=-1)[:, :, 1:]  # [B, P, C-1]
     class_scores, class_priors = topk_lowest_first(
-        scores.transpose(1, 2), min(pre_nms_topk, num_priors)
+        class_scores_of(conf_logits), min(pre_nms_topk, num_priors)
     )  # [B, C-1, K], descending
     results = []
     for image in range(batch_size):

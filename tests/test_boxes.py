@@ -4,6 +4,7 @@ import torch
 from torchvision.ops import box_area, box_iou
 
 from utils.boxes import (
+    IouRows,
     box_area_np,
     box_iou_np,
     pairwise_intersection,
@@ -37,6 +38,18 @@ def test_numpy_iou_matches_torchvision_rows_and_matrix():
     np.testing.assert_allclose(box_area_np(a), box_area(torch.from_numpy(a)).numpy())
     # float32 in, float32 out (the augmentation's crop test compares in float32).
     assert box_iou_np(a.astype(np.float32), b[0].astype(np.float32)).dtype == np.float32
+
+
+def test_iou_rows_equal_the_matrix_value_for_value():
+    rng = np.random.default_rng(2)
+    boxes = random_boxes(rng, 40).astype(np.float32)
+    boxes[5] = boxes[6] = [3.0, 3.0, 3.0, 3.0]  # two empty boxes at one point: IoU 0
+    matrix = box_iou_np(boxes[:, None], boxes[None])
+    rows = IouRows(boxes)
+    for index in (0, 5, 17, 39):
+        row = rows(index)
+        assert row.dtype == np.float32 and np.array_equal(row, matrix[index])
+    assert rows(5)[6] == 0.0 and rows(0)[0] == 1.0
 
 
 def test_batched_intersection_matches_torchvision():

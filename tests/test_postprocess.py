@@ -3,7 +3,7 @@ import sys
 
 import pytest
 import torch
-from torchvision.ops import batched_nms, nms
+from torchvision.ops import batched_nms, box_iou, nms
 
 from layers import postprocess as postprocess_module
 from layers.box_coding import decode
@@ -241,6 +241,56 @@ def test_soft_nms_loop_with_hard_decay_equals_torchvision_nms():
     )
     assert kept.tolist() == nms(boxes, scores, 0.4).tolist()
     assert torch.equal(kept_scores, scores[kept])
+
+
+def _reference_soft_nms(boxes, scores, method, iou_threshold, sigma, score_threshold):
+    """Soft-NMS as the paper writes it: the whole IoU matrix up front (torchvision's
+    box_iou), then one plain Python pass per box taken."""
+    iou = box_iou(boxes, boxes).double().tolist()
+    current = scores.double().tolist()
+    alive = [value > score_threshold for value in current]
+    taken, taken_scores = [], []
+    while any(alive):
+        index = max((i for i in range(len(current)) if alive[i]), key=lambda i: (current[i], -i))
+        taken.append(index)
+        taken_scores.append(current[index])
+        alive[index] = False
+        for other in range(len(current)):
+            if not alive[other]:
+                continue
+            overlap = iou[index][other]
+            if method == "soft_gaussian":
+                current[other] *= math.exp(-(overlap**2) / sigma)
+            elif overlap > iou_threshold:
+                current[other] *= 1.0 - overlap
+            alive[other] = current[other] > score_threshold
+    return taken, taken_scores
+
+
+@pytest.mark.parametrize("method", ["soft_linear", "soft_gaussian"])
+def test_soft_nms_equals_the_full_matrix_reference_in_a_crowd(method):
+    # 150 boxes around 12 objects: near-duplicates that decay one another, as the
+    # candidates of crowded red cells do.
+    generator = torch.Generator().manual_seed(3)
+    centres = torch.rand(12, 2, generator=generator) * 80
+    pick = torch.randint(0, 12, (150,), generator=generator)
+    middle = centres[pick] + torch.randn(150, 2, generator=generator) * 2
+    half = 6 + torch.rand(150, 2, generator=generator) * 3
+    boxes = torch.cat([middle - half, middle + half], dim=1)
+    scores = torch.rand(150, generator=generator)
+    kept, kept_scores = postprocess_module.soft_nms(
+        boxes, scores, method=method, iou_threshold=0.3, sigma=0.5, score_threshold=0.05
+    )
+    expected, expected_scores = _reference_soft_nms(boxes, scores, method, 0.3, 0.5, 0.05)
+    assert 12 <= len(expected) < 150  # the decay dropped some, kept more than the objects
+    assert kept.tolist() == expected
+    assert kept_scores.tolist() == pytest.approx(expected_scores, rel=1e-6)
+    capped, capped_scores = postprocess_module.soft_nms(
+        boxes, scores, method=method, iou_threshold=0.3, sigma=0.5, score_threshold=0.05,
+        max_kept=10,
+    )  # fmt: skip
+    assert capped.tolist() == expected[:10]
+    assert capped_scores.tolist() == pytest.approx(expected_scores[:10], rel=1e-6)
 
 
 @pytest.mark.parametrize("method", ["soft_linear", "soft_gaussian"])

@@ -249,6 +249,12 @@ DDP_SETTINGS = ["train.epochs=4", "train.eval_interval=2", "train.checkpoint_int
                 "eval.batch_size=2"]  # fmt: skip
 
 
+def torchrun_environment(temporary, **extra):
+    """One thread per process; torchrun's own temporary folders (torchelastic_*) go
+    under the test's ``temporary`` folder instead of staying in /tmp."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(temporary), **extra}
+
+
 def torchrun_train(root, output, port, *, restarts=0):
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
             "--max-restarts", str(restarts), "--master_port", str(port), "train.py",
@@ -259,7 +265,7 @@ def torchrun_train(root, output, port, *, restarts=0):
 def ddp_run(tiny_shapes_root, tmp_path_factory):
     """An uninterrupted 2-process run; its output directory and what it printed."""
     output = tmp_path_factory.mktemp("ddp") / "run"
-    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    environment = torchrun_environment(output.parent)
     command = torchrun_train(tiny_shapes_root, output, 29561)
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True,
                             timeout=300, env=environment)  # fmt: skip
@@ -272,7 +278,7 @@ def test_ddp_with_gloo_on_two_processes_and_sharded_evaluation(ddp_run, tmp_path
     each process on its share of the validation batches and give exactly what one
     process gives: the same mAP and byte-identical results files."""
     output, printed = ddp_run
-    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    environment = torchrun_environment(tmp_path)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
     # --resume without a last.pt yet starts a new run.
     assert "--resume: no last.pt in" in printed
@@ -331,7 +337,7 @@ def test_torchrun_restarts_a_killed_worker_and_ends_where_an_uninterrupted_run_e
     the restarted group continues from last.pt and ends with the weights of the run
     that was never interrupted."""
     marker = f"FSSD_ELASTIC_TEST={tmp_path}"
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", marker.split("=")[0]: str(tmp_path)}
+    environment = torchrun_environment(tmp_path, **{marker.split("=")[0]: str(tmp_path)})
     killed = tmp_path / "killed"
     command = torchrun_train(tiny_shapes_root, killed, 29563, restarts=1)
     process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE,

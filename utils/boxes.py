@@ -105,6 +105,24 @@ def box_iou_np(boxes_a: np.ndarray, boxes_b: np.ndarray, *, inclusive: bool = Fa
     )
 
 
+class IouRows:
+    """Row ``i`` of the IoU matrix of a set of ``[N, 4]`` xyxy boxes, one row at a time:
+    ``rows(i)`` equals ``box_iou_np(boxes[i], boxes)`` value for value, with the areas
+    and coordinate columns taken once instead of at every call (a third of the numpy
+    calls: Soft-NMS asks for one row per box it takes)."""
+
+    def __init__(self, boxes: np.ndarray) -> None:
+        self.x1, self.y1, self.x2, self.y2 = (np.ascontiguousarray(boxes[:, k]) for k in range(4))
+        self.areas = box_area_np(boxes)
+
+    def __call__(self, index: int) -> np.ndarray:
+        width = np.minimum(self.x2, self.x2[index]) - np.maximum(self.x1, self.x1[index])
+        height = np.minimum(self.y2, self.y2[index]) - np.maximum(self.y1, self.y1[index])
+        inter = np.maximum(width, 0.0) * np.maximum(height, 0.0)
+        union = self.areas[index] + self.areas - inter
+        return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
 def pairwise_intersection(boxes_a: Tensor, boxes_b: Tensor) -> Tensor:
     """``[..., N, M]`` intersection areas of ``[..., N, 4]`` and ``[..., M, 4]`` xyxy
     boxes (leading dimensions broadcast: a batch of rows at once, unlike

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
+from utils.allocator import keep_freed_memory
 from utils.config import AT_LEAST_ONE, PROBABILITY, Range
 from utils.device import AMP_CHOICES, BACKENDS, DEVICE_CHOICES
 from utils.errors import UserError, user_message
@@ -211,7 +212,9 @@ def run_command(
     """A script's entry point: ``main(parse_args())``'s return value is the exit code;
     a :class:`utils.errors.UserError` (or one of ``user_errors``) ends the command with
     one ``error: ...`` line and the error's exit code (1; 2 for a bad sample), Ctrl-C
-    with ``interrupted``."""
+    with ``interrupted``. Freed memory is kept in the process
+    (:func:`utils.allocator.keep_freed_memory`)."""
+    keep_freed_memory()
     try:
         code = main(parse_args())
     except (UserError, *user_errors) as error:

@@ -75,7 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="most detections kept per image, at least 1 (default: the config's "
         "postprocess.max_detections, 200 unless set)",
     )
-    add_speed_arguments(parser)
+    add_speed_arguments(parser, auto_layout=True)
     add_device_argument(parser)
     add_backend_arguments(parser)
     parser.add_argument(

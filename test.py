@@ -75,7 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--profile", action="store_true", help="print the seconds each stage of the command took"
     )
-    add_speed_arguments(parser)
+    add_speed_arguments(parser, auto_layout=True)
     add_device_argument(parser)
     add_backend_arguments(parser)
     # Overrides may come before or after the options.

@@ -3,6 +3,7 @@
 Each path is off by default and tested for equal outputs (``tests/test_inference.py``):
 
 - ``channels_last``: NHWC activations (oneDNN and cuDNN pick faster conv kernels);
+  ``auto`` is NHWC on CUDA and on CPUs with AVX-512 (utils.device.resolve_channels_last);
 - ``fold_bn``: BatchNorm folded into the conv before it (``models/folding.py``);
 - ``inference_mode``: ``torch.inference_mode`` instead of ``torch.no_grad`` (no view or
   version-counter tracking);
@@ -34,7 +35,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -46,7 +47,14 @@ from models.build import build_postprocessor
 from models.detector import SingleShotDetector
 from models.folding import fold_batchnorm
 from utils.config import Config, ConfigError
-from utils.device import AmpChoice, Backend, DeviceError, autocast_context, resolve_precision
+from utils.device import (
+    AmpChoice,
+    Backend,
+    DeviceError,
+    autocast_context,
+    resolve_channels_last,
+    resolve_precision,
+)
 from utils.distributed import DistributedContext, gather_to_main
 from utils.log import progress_bar
 from utils.timing import synchronize
@@ -58,7 +66,7 @@ logger = logging.getLogger(__name__)
 class SpeedOptions:
     """Which speed paths to use (see the module docstring)."""
 
-    channels_last: bool = False
+    channels_last: bool | Literal["auto"] = False
     fold_bn: bool = False
     inference_mode: bool = False
     compile: bool = False
@@ -89,6 +97,10 @@ class NetworkRunner:
         self.autocast_dtype = self.precision.dtype
         if options.cuda_graphs and device.type != "cuda":
             raise DeviceError(f"CUDA graphs need a CUDA device; the device is {device}")
+        if options.channels_last == "auto":
+            nhwc, why = resolve_channels_last("auto", device, origin="--channels-last")
+            logger.info("layout %s (%s)", "NHWC" if nhwc else "NCHW", why)
+            options = dataclasses.replace(options, channels_last=nhwc)
         network = network.eval().to(device)
         if options.channels_last:
             network = network.to(memory_format=torch.channels_last)
@@ -288,7 +300,10 @@ class InferencePipeline(DetectorPipeline):
             prepare_for_inference(model, options), device=device, options=options
         )
         super().__init__(
-            model=self.runner.module, image_size=image_size, device=device, options=options
+            model=self.runner.module,
+            image_size=image_size,
+            device=device,
+            options=self.runner.options,  # the layout resolved
         )
         self.postprocessor = postprocessor.to(device)
 

@@ -368,6 +368,35 @@ def test_auto_layout_follows_the_cpu(monkeypatch, flags, nhwc, reason):
     assert resolve_channels_last(False, CPU) == (False, "train.channels_last=false")
 
 
+@pytest.mark.parametrize(("flags", "nhwc"), [({"avx2", "avx512f"}, True), ({"avx2"}, False)])
+def test_test_and_demo_choose_the_layout_for_the_cpu_unless_a_flag_says(
+    monkeypatch, caplog, flags, nhwc
+):
+    import demo
+    import test as test_script
+
+    monkeypatch.setattr(utils.device, "cpu_flags", lambda: frozenset(flags))
+    for script, arguments in (
+        (test_script, ["--checkpoint", "x.pt"]),
+        (demo, ["--checkpoint", "x.pt", "x"]),
+    ):
+        assert script.parse_args(arguments).channels_last == "auto"
+        assert script.parse_args([*arguments, "--channels-last"]).channels_last is True
+        assert script.parse_args([*arguments, "--no-channels-last"]).channels_last is False
+    assert benchmark.parse_args(TINY_MODEL).channels_last is False  # timings say what they use
+    with caplog.at_level("INFO", logger="engine.inference"):
+        pipeline = tiny_pipeline(SpeedOptions(channels_last="auto", inference_mode=True))
+    assert pipeline.options.channels_last is nhwc
+    assert f"layout {'NHWC' if nhwc else 'NCHW'} (--channels-last=auto: the CPU has" in caplog.text
+    weight = next(m.weight for m in pipeline.model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert weight.is_contiguous(memory_format=torch.channels_last) is nhwc
+    # The same detections as the layout asked for by name.
+    explicit = tiny_pipeline(SpeedOptions(channels_last=nhwc, inference_mode=True))
+    for got, want in zip(pipeline(photos()), explicit(photos()), strict=True):
+        np.testing.assert_array_equal(got["boxes"], want["boxes"])
+        np.testing.assert_array_equal(got["scores"], want["scores"])
+
+
 def test_stream_gives_what_batch_by_batch_calls_give():
     pipeline = tiny_pipeline(SpeedOptions(channels_last=True, inference_mode=True))
     images = photos(3)

@@ -136,11 +136,32 @@ def add_fold_bn_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_channels_last_argument(parser: argparse.ArgumentParser) -> None:
+def add_channels_last_argument(parser: argparse.ArgumentParser, *, auto: bool = False) -> None:
+    """``--channels-last``; with ``auto`` the default is ``auto`` (NHWC on CUDA and on
+    CPUs with AVX-512, as ``train.channels_last=auto``) and ``--no-channels-last``
+    asks for NCHW."""
+    if not auto:
+        parser.add_argument(
+            "--channels-last",
+            action="store_true",
+            help="NHWC activations (same outputs; much faster on CPUs with oneDNN)",
+        )
+        return
     parser.add_argument(
         "--channels-last",
-        action="store_true",
-        help="NHWC activations (same outputs; much faster on CPUs with oneDNN)",
+        dest="channels_last",
+        action="store_const",
+        const=True,
+        default="auto",
+        help="NHWC activations (same outputs; much faster on CPUs with oneDNN); default: "
+        "NHWC on CUDA and on CPUs with AVX-512, NCHW elsewhere",
+    )
+    parser.add_argument(
+        "--no-channels-last",
+        dest="channels_last",
+        action="store_const",
+        const=False,
+        help="NCHW activations",
     )
 
 
@@ -168,12 +189,14 @@ def add_out_argument(
     )
 
 
-def add_speed_arguments(parser: argparse.ArgumentParser, *, all_paths: bool = False) -> None:
+def add_speed_arguments(
+    parser: argparse.ArgumentParser, *, all_paths: bool = False, auto_layout: bool = False
+) -> None:
     """The inference speed paths (``engine.inference.SpeedOptions``) as flags: BatchNorm
-    folding and NHWC; with ``all_paths`` also inference mode, compile, autocast and CUDA
-    graphs."""
+    folding and NHWC (``auto_layout``: chosen for the device unless a flag says); with
+    ``all_paths`` also inference mode, compile, autocast and CUDA graphs."""
     add_fold_bn_argument(parser)
-    add_channels_last_argument(parser)
+    add_channels_last_argument(parser, auto=auto_layout)
     if not all_paths:
         return
     parser.add_argument(

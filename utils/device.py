@@ -147,18 +147,20 @@ def resolve_precision(
     )
 
 
-def resolve_channels_last(setting: bool | str, device: torch.device) -> tuple[bool, str]:
-    """Whether ``train.channels_last`` (true, false or ``auto``) means NHWC on
-    ``device``, and why: ``auto`` is NHWC on CUDA and on CPUs with AVX-512 (from
+def resolve_channels_last(
+    setting: bool | str, device: torch.device, *, origin: str = "train.channels_last"
+) -> tuple[bool, str]:
+    """Whether ``setting`` (true, false or ``auto``; the key or flag ``origin``) means
+    NHWC on ``device``, and why: ``auto`` is NHWC on CUDA and on CPUs with AVX-512 (from
     :func:`cpu_flags`), NCHW elsewhere."""
     if setting != "auto":
-        return bool(setting), f"train.channels_last={str(bool(setting)).lower()}"
+        return bool(setting), f"{origin}={str(bool(setting)).lower()}"
     if device.type == "cuda":
-        return True, "train.channels_last=auto on CUDA"
+        return True, f"{origin}=auto on CUDA"
     flags = cpu_flags()
     if flags is not None and "avx512f" in flags:
-        return True, "train.channels_last=auto: the CPU has AVX-512"
-    return False, "train.channels_last=auto: the CPU has no AVX-512"
+        return True, f"{origin}=auto: the CPU has AVX-512"
+    return False, f"{origin}=auto: the CPU has no AVX-512"
 
 
 def autocast_context(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager:

@@ -36,9 +36,10 @@ def faults_per_round(mode, **environment):
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_freed_activations_are_reused_without_page_faults():
     # glibc's defaults: the 24 MiB go back to the OS and fault in again every round
-    # (6,144 pages of 4 KiB).
-    assert faults_per_round("default") == ("default", pytest.approx(6144, rel=0.1))
+    # (6,144 pages of 4 KiB; at least half of them, whatever glibc's version).
+    answer, faults = faults_per_round("default")
+    assert answer == "default" and faults > 3000
     assert faults_per_round("keep") == ("True", 0.0)
     # The user's own glibc setting wins: nothing is changed.
     answer, faults = faults_per_round("keep", MALLOC_TRIM_THRESHOLD_="131072")
-    assert answer == "False" and faults > 6000
+    assert answer == "False" and faults > 3000

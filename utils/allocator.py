@@ -4,8 +4,8 @@ glibc's ``malloc`` serves a block of more than 128 KiB (a threshold it raises as
 goes) with a fresh ``mmap`` and returns it to the OS when it is freed, and trims the
 heap when more than twice that lies free at its top. A network's activations on a CPU
 are such blocks, allocated and freed at every forward pass, so each pass page-faults
-them into newly zeroed memory: a quarter of the BCCD model's 14 ms per image at 320 px
-on one thread (docs/benchmarks.md). :func:`keep_freed_memory` raises both thresholds,
+them into newly zeroed memory: a quarter of the BCCD model's 14 ms forward pass at
+320 px on one thread (docs/benchmarks.md). :func:`keep_freed_memory` raises both thresholds,
 so freed activations are reused as a caching allocator (jemalloc, tcmalloc, PyTorch's
 CUDA allocator) reuses them. Every script calls it at start (:func:`utils.cli.run_command`).
 

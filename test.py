@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -87,7 +88,7 @@ def print_table(result: dict[str, Any]) -> None:
     print(f"{'class':<{width}}  AP ({result['metric']})")
     for name, ap in result["ap_per_class"].items():
         # NaN: the class has no ground truth in this set (null in metrics.json).
-        print(f"{name:<{width}}  {'n/a (no ground truth)' if ap != ap else f'{ap:.4f}'}")
+        print(f"{name:<{width}}  {'n/a (no ground truth)' if math.isnan(ap) else f'{ap:.4f}'}")
     print(f"{'mAP':<{width}}  {result['mAP']:.4f}")
     if "note" in result:
         print(result["note"])

@@ -19,6 +19,7 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 
+from utils.config import DataConfig
 from utils.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -106,9 +107,10 @@ def problem_kind(problem: str) -> str:
     return re.sub(r"\d+(\.\d+)?", "N", problem)
 
 
-# data.min_box_side's default: boxes narrower or lower than this, in the image's own
-# pixels, are left out (a VOC box with xmin == xmax is 1 px wide: a mark, not an object).
-MIN_BOX_SIDE = 2.0
+# data.min_box_side's default, defined once in the config: boxes narrower or lower than
+# this, in the image's own pixels, are left out (a VOC box with xmin == xmax is 1 px
+# wide: a mark, not an object).
+MIN_BOX_SIDE: float = DataConfig.min_box_side
 
 
 def clean_boxes(
